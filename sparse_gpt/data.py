@@ -1,0 +1,390 @@
+"""Tokenised corpus cache and batch sampling.
+
+prepare_data() turns a DataConfig into two flat token arrays (train, val) on disk, with every
+document preceded by an end-of-text token, plus the tokenizer that made them. The cache directory is
+keyed by the corpus manifest hash and the tokenizer settings, so any change to the files or to the
+tokenizer builds a fresh cache, and an unchanged setup reuses it without re-tokenising.
+
+Crash safety: every file is written to a temp file in the same directory, fsynced and renamed into
+place; meta.json is written last and a cache without a valid meta.json is never trusted.
+
+Batches are drawn at offsets that are a pure function of a seed tuple (the trainer passes
+(run_seed, step, rank, micro_step)), so a run resumed after a kill sees exactly the same data.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+
+from sparse_gpt.config import DataConfig
+from sparse_gpt.corpus import Corpus, DataError, Document, collect_corpus, iter_texts
+from sparse_gpt.tokenizer import (BRACKET_PATTERN, TINYPYTHON_PATTERN, TokenizerError, eot_id,
+                                  load_tokenizer, train_tokenizer)
+
+# Bump when the on-disk layout or the way tokens are produced changes, to orphan old caches.
+CACHE_FORMAT = 1
+ENCODE_CHUNK_BYTES = 4_000_000   # text per encode_batch call: big enough to keep all cores busy
+PROGRESS_MIN_BYTES = 16_000_000  # smaller corpora finish too fast for a progress bar to help
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class PreparedData:
+    """A tokenised corpus ready for training. `train` and `val` are read-only memmaps."""
+
+    dir: Path
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer: Tokenizer
+    tokenizer_path: Path
+    manifest_hash: str
+    tokenizer_hash: str   # sha256 of tokenizer.json
+    vocab_size: int       # the tokenizer's real size (may be below DataConfig.vocab_size)
+    eot_id: int
+
+
+def tokenizer_settings(cfg: DataConfig) -> dict:
+    """Everything that determines the trained tokenizer besides the corpus itself."""
+    return {"vocab_size": cfg.vocab_size, "isolate_brackets": cfg.isolate_brackets,
+            "train_bytes": cfg.tokenizer_train_bytes, "split_pattern": TINYPYTHON_PATTERN,
+            "bracket_pattern": BRACKET_PATTERN if cfg.isolate_brackets else None}
+
+
+def cache_dir_for(cfg: DataConfig, manifest_hash: str) -> Path:
+    """The cache directory of one (corpus, tokenizer settings) pair."""
+    key = json.dumps({"format": CACHE_FORMAT, "manifest_hash": manifest_hash,
+                      "tokenizer": tokenizer_settings(cfg)}, sort_keys=True)
+    return Path(cfg.cache_dir) / f"{cfg.source}-{_sha256(key.encode())[:16]}"
+
+
+def prepare_data(cfg: DataConfig, log: Log = print, block_size: Optional[int] = None) -> PreparedData:
+    """Collect, tokenise and cache the corpus of `cfg`, or reuse a matching cache.
+
+    With `block_size`, fail early (DataError) when a split is too short to draw one training window.
+    Call it from one process (e.g. rank 0) before the others: concurrent builders would only
+    duplicate work, since every file lands atomically, but there is no lock.
+    """
+    corpus = collect_corpus(cfg)
+    manifest_hash = corpus.manifest_hash()
+    d = cache_dir_for(cfg, manifest_hash)
+    data = _load_cache(d, manifest_hash, tokenizer_settings(cfg), log)
+    if data is None:
+        data = _build_cache(d, corpus, cfg, log)
+    if block_size is not None:
+        for name, tokens in (("train", data.train), ("val", data.val)):
+            check_length(len(tokens), block_size, f"{name} split ({d})")
+    return data
+
+
+# --- cache reading ---------------------------------------------------------------------------
+
+def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log) -> Optional[PreparedData]:
+    """The cached data in `d` if its meta.json says it matches; None (with the reason) otherwise."""
+    meta_path = d / "meta.json"
+    if not meta_path.is_file():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        problem = _cache_problem(d, meta, manifest_hash, settings)
+        if problem is None:
+            tok = load_tokenizer(d / "tokenizer.json")
+    except (OSError, ValueError, KeyError, TypeError) as e:  # TokenizerError is a ValueError
+        problem = f"unreadable ({type(e).__name__}: {e})"
+    if problem is not None:
+        log(f"data: cache {d} is stale or damaged ({problem}); rebuilding")
+        return None
+    log(f"data: reusing cache {d} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
+    return _open(d, meta, tok)
+
+
+def _cache_problem(d: Path, meta: dict, manifest_hash: str, settings: dict) -> Optional[str]:
+    """What makes the cache in `d` unusable, or None when it can be trusted."""
+    if meta.get("format") != CACHE_FORMAT:
+        return f"format {meta.get('format')} != {CACHE_FORMAT}"
+    if meta["manifest_hash"] != manifest_hash:
+        return "corpus manifest changed"
+    if meta["tokenizer_settings"] != settings:
+        return "tokenizer settings changed"
+    tok_path = d / "tokenizer.json"
+    if not tok_path.is_file() or _file_sha256(tok_path) != meta["tokenizer_hash"]:
+        return "tokenizer.json missing or changed"
+    itemsize = np.dtype(meta["dtype"]).itemsize
+    for split in ("train", "val"):
+        path = d / f"{split}.bin"
+        want = meta[f"{split}_tokens"] * itemsize
+        if not path.is_file() or path.stat().st_size != want:
+            return f"{path.name} missing or not {want} bytes"
+    return None
+
+
+def _open(d: Path, meta: dict, tok: Tokenizer) -> PreparedData:
+    dtype = np.dtype(meta["dtype"])
+    arrays = {split: np.memmap(d / f"{split}.bin", dtype=dtype, mode="r",
+                               shape=(meta[f"{split}_tokens"],)) for split in ("train", "val")}
+    return PreparedData(dir=d, train=arrays["train"], val=arrays["val"], tokenizer=tok,
+                        tokenizer_path=d / "tokenizer.json", manifest_hash=meta["manifest_hash"],
+                        tokenizer_hash=meta["tokenizer_hash"], vocab_size=meta["vocab_size"],
+                        eot_id=meta["eot_id"])
+
+
+# --- cache building --------------------------------------------------------------------------
+
+def _build_cache(d: Path, corpus: Corpus, cfg: DataConfig, log: Log) -> PreparedData:
+    t0 = time.perf_counter()
+    d.mkdir(parents=True, exist_ok=True)
+    # Drop the old meta first: if this rebuild is killed, the half-new directory is not trusted.
+    (d / "meta.json").unlink(missing_ok=True)
+    tok = _get_tokenizer(d, corpus, cfg, log)
+    vocab_size = tok.get_vocab_size()
+    dtype = np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
+    counts, hashes = {}, {}
+    for split in ("train", "val"):
+        docs = corpus.split(split)
+        t = time.perf_counter()
+        counts[split], hashes[split] = _write_tokens(d / f"{split}.bin", corpus, docs, tok, dtype,
+                                                     log)
+        n_bytes = sum(doc.size for doc in docs)
+        log(f"data: {split}: {len(docs)} documents, {n_bytes:,} bytes -> {counts[split]:,} tokens "
+            f"({n_bytes / max(counts[split], 1):.2f} bytes/token) in {time.perf_counter() - t:.1f}s")
+    _write_json(d / "manifest.json", {"settings": corpus.settings, "roots": corpus.roots,
+                                      "manifest_hash": corpus.manifest_hash(),
+                                      "documents": corpus.manifest()})
+    meta = {
+        "format": CACHE_FORMAT, "dtype": dtype.name, "vocab_size": vocab_size, "eot_id": eot_id(tok),
+        "train_tokens": counts["train"], "val_tokens": counts["val"],
+        "train_documents": len(corpus.split("train")), "val_documents": len(corpus.split("val")),
+        "train_bin_sha256": hashes["train"], "val_bin_sha256": hashes["val"],
+        "manifest_hash": corpus.manifest_hash(), "tokenizer_hash": _file_sha256(d / "tokenizer.json"),
+        "tokenizer_settings": tokenizer_settings(cfg), "build_seconds": time.perf_counter() - t0,
+    }
+    _write_json(d / "meta.json", meta)  # last: its presence marks the cache complete
+    log(f"data: cache written to {d} in {meta['build_seconds']:.1f}s")
+    return _open(d, meta, tok)
+
+
+def _get_tokenizer(d: Path, corpus: Corpus, cfg: DataConfig, log: Log) -> Tokenizer:
+    """The tokenizer.json already in `d` (from a killed build), else a freshly trained one.
+
+    Reusing is safe because `d` is keyed by the corpus and the tokenizer settings, and the file is
+    written atomically, so one that exists is complete and was trained on this very corpus.
+    """
+    path = d / "tokenizer.json"
+    if path.is_file():
+        try:
+            tok = load_tokenizer(path)
+            log(f"data: reusing tokenizer {path}")
+            return tok
+        except TokenizerError as e:
+            log(f"data: {e}; training a new one")
+    texts = list(tokenizer_training_texts(corpus, cfg.tokenizer_train_bytes))
+    t = time.perf_counter()
+    with _tokenizers_parallelism(log):
+        tok = train_tokenizer(texts, cfg.vocab_size, cfg.isolate_brackets)
+    log(f"data: trained tokenizer (vocab {tok.get_vocab_size()}, isolate_brackets="
+        f"{cfg.isolate_brackets}) on {sum(len(x.encode()) for x in texts):,} bytes "
+        f"in {time.perf_counter() - t:.1f}s")
+    with _atomic_open(path, "w") as f:
+        f.write(tok.to_str())
+    return tok
+
+
+def tokenizer_training_texts(corpus: Corpus, max_bytes: int) -> Iterator[str]:
+    """A deterministic subset of the train split of at most `max_bytes` bytes of text.
+
+    Documents are taken in an order shuffled by name hash, so the subset covers the whole corpus
+    rather than its alphabetically first packages; the last one is cut at the byte budget.
+    """
+    docs = sorted(corpus.split("train"), key=lambda doc: _sha256(b"tok:" + doc.name.encode()))
+    left = max_bytes
+    for doc in docs:
+        if left <= 0:
+            return
+        raw = corpus.read(doc).encode("utf-8")
+        yield raw[:left].decode("utf-8", errors="ignore")
+        left -= len(raw)
+
+
+def _write_tokens(path: Path, corpus: Corpus, docs: list[Document], tok: Tokenizer,
+                  dtype: np.dtype, log: Log) -> tuple[int, str]:
+    """Tokenise `docs` (each preceded by EOT) into a flat binary file; return (count, sha256)."""
+    eot = np.array([eot_id(tok)], dtype=dtype)
+    total_bytes = sum(doc.size for doc in docs)
+    count, digest = 0, hashlib.sha256()
+    with _atomic_open(path, "wb") as f, _tokenizers_parallelism(log), \
+            _progress(total_bytes, path.stem) as bar:
+        for chunk in _chunks(docs, ENCODE_CHUNK_BYTES):
+            # encode_batch_fast skips offset tracking; HF tokenizers spreads the batch over cores.
+            encodings = tok.encode_batch_fast(list(iter_texts(corpus, chunk)),
+                                              add_special_tokens=False)
+            parts = []
+            for enc in encodings:
+                parts.append(eot)
+                parts.append(np.asarray(enc.ids, dtype=dtype))
+            buf = np.concatenate(parts).tobytes()
+            f.write(buf)
+            digest.update(buf)
+            count += len(buf) // dtype.itemsize
+            bar.update(sum(doc.size for doc in chunk))
+    return count, digest.hexdigest()
+
+
+def _chunks(docs: list[Document], chunk_bytes: int) -> Iterator[list[Document]]:
+    chunk: list[Document] = []
+    size = 0
+    for doc in docs:
+        chunk.append(doc)
+        size += doc.size
+        if size >= chunk_bytes:
+            yield chunk
+            chunk, size = [], 0
+    if chunk:
+        yield chunk
+
+
+@contextlib.contextmanager
+def _progress(total_bytes: int, desc: str):
+    """A tqdm byte counter on stderr for large corpora (disabled when small or not a terminal)."""
+    disable = total_bytes < PROGRESS_MIN_BYTES or not sys.stderr.isatty()
+    with tqdm(total=total_bytes, desc=f"tokenising {desc}", unit="B", unit_scale=True,
+              file=sys.stderr, disable=disable) as bar:
+        yield bar
+
+
+@contextlib.contextmanager
+def _tokenizers_parallelism(log: Log):
+    """Undo TOKENIZERS_PARALLELISM=false for the duration, so tokenising uses every core.
+
+    People set it to silence the fork warning of HF tokenizers; left alone it would make a large
+    corpus tokenise on one core. Only call this in a top-level process, not in a forked worker.
+    """
+    name = "TOKENIZERS_PARALLELISM"
+    old = os.environ.get(name)
+    disabled = old is not None and old.strip().lower() in ("", "0", "false", "f", "off", "no", "n")
+    if disabled:
+        log(f"data: {name}={old!r} would tokenise on one core; enabling it while tokenising")
+        os.environ[name] = "true"
+    try:
+        yield
+    finally:
+        if disabled:
+            os.environ[name] = old
+
+
+# --- atomic files ----------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _atomic_open(path: Path, mode: str):
+    """Open a temp file beside `path`; on success flush + fsync + rename it over `path`."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(d: Path) -> None:
+    """Persist the rename itself (directory entry); not possible on every platform."""
+    with contextlib.suppress(OSError):
+        fd = os.open(d, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    with _atomic_open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- sampling --------------------------------------------------------------------------------
+
+def check_length(n_tokens: int, block_size: int, what: str = "token array") -> None:
+    """Raise DataError unless `n_tokens` allows at least two distinct training windows."""
+    if n_tokens < block_size + 2:
+        raise DataError(f"{what} has {n_tokens:,} tokens, fewer than block_size + 2 = "
+                        f"{block_size + 2:,}; use a larger corpus (data.max_bytes, data.path) or "
+                        f"a smaller model.block_size")
+
+
+def random_offsets(n_tokens: int, block_size: int, count: int, seed: Sequence[int]) -> np.ndarray:
+    """`count` window starts in [0, n_tokens - block_size - 1], a pure function of `seed`.
+
+    The trainer passes seed=(run_seed, step, rank, micro_step), so the data at every step is fixed
+    by the step number alone and a resumed run continues exactly where the killed one was.
+    """
+    check_length(n_tokens, block_size)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    seed = [int(s) for s in seed]
+    if not seed or any(s < 0 for s in seed):
+        raise ValueError(f"seed must be a non-empty sequence of non-negative integers, got {seed}")
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, n_tokens - block_size, size=count, dtype=np.int64)
+
+
+def get_batch(tokens: np.ndarray, offsets: np.ndarray, block_size: int
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs tokens[o:o+T] and next-token targets tokens[o+1:o+T+1], int64 tensors (B, T)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if offsets.ndim != 1:
+        raise ValueError(f"offsets must be 1-D, got shape {offsets.shape}")
+    if len(offsets) and (offsets.min() < 0 or offsets.max() > len(tokens) - block_size - 1):
+        raise ValueError(f"offsets must lie in [0, {len(tokens) - block_size - 1}] for "
+                         f"{len(tokens)} tokens and block_size {block_size}; got "
+                         f"[{offsets.min()}, {offsets.max()}]")
+    idx = offsets[:, None] + np.arange(block_size + 1)  # (B, T+1)
+    window = torch.from_numpy(np.asarray(tokens[idx], dtype=np.int64))
+    return window[:, :-1], window[:, 1:]
+
+
+def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
+    """Cross-entropy (nats/token) of `val` under the add-one unigram distribution of `train`.
+
+    The floor any language model must clearly beat: a model whose val loss is near this number has
+    learnt token frequencies and nothing else.
+    """
+    if len(val) == 0:
+        raise DataError("unigram_loss: the val token array is empty")
+    for name, arr in (("train", train), ("val", val)):
+        if len(arr) and int(arr.max()) >= vocab_size:
+            raise DataError(f"unigram_loss: {name} has token id {int(arr.max())} >= "
+                            f"vocab_size {vocab_size}")
+    counts = np.bincount(np.asarray(train), minlength=vocab_size).astype(np.float64) + 1.0
+    log_p = np.log(counts) - math.log(counts.sum())
+    val_counts = np.bincount(np.asarray(val), minlength=vocab_size)
+    return float(-(val_counts * log_p).sum() / len(val))

@@ -1,0 +1,58 @@
+"""PNG plots of a training run, drawn from its metrics.jsonl."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or assumed
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: str | Path) -> list[Path]:
+    """Write loss.png (train/val loss) and schedule.png (LR and density) into run_dir."""
+    run_dir = Path(run_dir)
+    records = read_metrics(run_dir)
+    steps = [r["step"] for r in records]
+    written = []
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, [r["train_loss"] for r in records], lw=0.8, alpha=0.7, label="train")
+    val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
+    if val:
+        ax.plot(*zip(*val), "o-", ms=3, label="validation")
+    summary = run_dir / "summary.json"
+    if summary.exists():
+        uni = json.loads(summary.read_text()).get("unigram_val_loss")
+        if uni:
+            ax.axhline(uni, ls="--", c="grey", lw=0.8, label=f"unigram baseline ({uni:.2f})")
+    ax.set(xlabel="step", ylabel="loss (nats/token)", title=f"{run_dir.name}: loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    written.append(_save(fig, run_dir / "loss.png"))
+
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+    a1.plot(steps, [r["lr"] for r in records])
+    a1.set(ylabel="learning rate", title=f"{run_dir.name}: schedules")
+    l0 = [r["l0"] for r in records]
+    a2.plot(steps, [v / max(l0) for v in l0])
+    a2.set(xlabel="step", ylabel="nonzero sparse weights\n(share of dense)", yscale="log")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    written.append(_save(fig, run_dir / "schedule.png"))
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path

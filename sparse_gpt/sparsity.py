@@ -1,0 +1,177 @@
+"""Weight sparsity (METHOD.md section 2): top-k after every step, annealing, the sharkfin LR.
+
+One optimiser step, in order: normalise the gradients to global RMS 1, Adam (dense moments, so a
+zeroed weight can come back), keep the top-k magnitudes of every sparse tensor (protecting each
+neuron's top `neuron_floor` weights), then decoupled weight decay on the survivors.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from .config import ConfigError, SparsityConfig, TrainConfig
+
+# Which weights are sparse, at which density, and along which axis a unit (neuron, q/k/v channel)
+# lies: c_attn and c_fc own a unit per output row, the c_proj's per input column.
+_MATRIX_UNIT_DIM = {"attn.c_attn.weight": 0, "mlp.c_fc.weight": 0,
+                    "attn.c_proj.weight": 1, "mlp.c_proj.weight": 1}
+_EMBEDDINGS = ("transformer.wte.weight", "transformer.wpe.weight", "lm_head.weight")
+_BIASES = ("attn.c_attn.bias", "attn.c_proj.bias", "mlp.c_fc.bias", "mlp.c_proj.bias")
+
+
+@dataclass
+class SparseTensor:
+    name: str
+    param: nn.Parameter
+    density: float            # target share of entries kept at the end of annealing
+    unit_dim: int | None      # axis indexing units that get the neuron floor; None: no floor
+    floor: int
+
+    @property
+    def numel(self) -> int:
+        return self.param.numel()
+
+    def k_at(self, density_scale: float) -> int:
+        """Entries kept when the schedule has moved density_scale of the way from dense to target."""
+        density = 1.0 - density_scale * (1.0 - self.density)
+        return max(self.min_k, min(self.numel, round(density * self.numel)))
+
+    @property
+    def min_k(self) -> int:
+        if self.unit_dim is None:
+            return 1
+        return self.param.shape[self.unit_dim] * min(self.floor, self.param.shape[1 - self.unit_dim])
+
+
+def sparse_tensors(model: nn.Module, cfg: SparsityConfig) -> list[SparseTensor]:
+    """The model's sparse tensors with their targets; raises ConfigError if a target is impossible."""
+    out = []
+    for name, p in model.named_parameters():
+        suffix = name.split(".", 3)[-1] if name.startswith("transformer.h.") else name
+        if suffix in _MATRIX_UNIT_DIM:
+            spec = SparseTensor(name, p, cfg.matrix_density, _MATRIX_UNIT_DIM[suffix], cfg.neuron_floor)
+        elif name in _EMBEDDINGS:
+            spec = SparseTensor(name, p, cfg.embed_density, None, 0)
+        elif suffix in _BIASES and cfg.sparsify_biases:
+            spec = SparseTensor(name, p, cfg.embed_density, None, 0)
+        else:
+            continue  # norm gains, sink logits, the bigram table stay dense
+        target = round(spec.density * spec.numel)
+        if target < spec.min_k:
+            units = p.shape[spec.unit_dim]
+            raise ConfigError(
+                f"sparsity.matrix_density={cfg.matrix_density:g} keeps {target} of {spec.numel} weights in "
+                f"{name}, but the neuron floor needs {spec.min_k} ({units} units x {cfg.neuron_floor}); "
+                f"raise the density to at least {spec.min_k / spec.numel:.4g} or lower sparsity.neuron_floor")
+        out.append(spec)
+    return out
+
+
+@torch.no_grad()
+def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = None) -> None:
+    """Zero all but exactly k entries of w in place: each unit's top `floor`, then the largest |w|."""
+    if k >= w.numel():
+        return
+    score = w.abs()
+    if floor and unit_dim is not None:
+        reduce_dim = 1 - unit_dim
+        top = score.topk(min(floor, w.shape[reduce_dim]), dim=reduce_dim).indices
+        score.scatter_(reduce_dim, top, float("inf"))
+    keep = score.view(-1).topk(k, sorted=False).indices
+    mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
+    mask[keep] = True
+    w.masked_fill_(~mask.view_as(w), 0.0)
+
+
+def density_scale(progress: float, start: float, end: float) -> float:
+    """0 while dense (before `start`), rising linearly to 1 (target density) at `end`."""
+    if progress <= start:
+        return 0.0
+    if progress >= end:
+        return 1.0
+    return (progress - start) / (end - start)
+
+
+def lr_multiplier(step: int, total: int, warmup_frac: float) -> float:
+    """Linear warmup, then linear decay to zero at the end of training."""
+    warmup = round(warmup_frac * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    return (total - step) / max(1, total - warmup)
+
+
+class SparseAdam:
+    """Adam + weight top-k + decoupled weight decay, in the paper's order; one object per run."""
+
+    def __init__(self, model: nn.Module, sparsity: SparsityConfig, train: TrainConfig):
+        self.model, self.sparsity, self.train = model, sparsity, train
+        self.tensors = [] if sparsity.dense else sparse_tensors(model, sparsity)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        # Decay only matrices; the bigram table is a dense lookup the paper leaves undecayed.
+        bigram = getattr(model, "bigram_table", None)
+        self.decayed = [p for p in self.params if p.dim() >= 2 and p is not bigram]
+        self.adam = torch.optim.Adam(self.params, lr=train.lr, betas=(train.beta1, train.beta2),
+                                     eps=train.eps, weight_decay=0.0)
+        self.l0_final = self.l0_at(1.0)
+
+    def progress(self, step: int) -> float:
+        return step / self.train.steps
+
+    def l0_at(self, scale: float) -> int:
+        """Nonzero sparse weights when annealing is `scale` of the way to the target."""
+        return sum(t.k_at(scale) for t in self.tensors)
+
+    def schedule(self, step: int) -> dict[str, float]:
+        """LR and density in force during `step` (0-based)."""
+        scale = density_scale(self.progress(step), self.sparsity.anneal_start, self.sparsity.anneal_end)
+        lr = self.train.lr * lr_multiplier(step, self.train.steps, self.train.warmup_frac)
+        if self.tensors and self.sparsity.lr_l0_scaling:
+            # Without this factor annealing gives no benefit (METHOD.md section 2).
+            lr *= math.sqrt(self.l0_final / self.l0_at(scale))
+        return {"lr": lr, "density_scale": scale, "l0": self.l0_at(scale) if self.tensors else self.dense_l0()}
+
+    def dense_l0(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+    @torch.no_grad()
+    def normalize_grads(self) -> float:
+        grads = [p.grad for p in self.params if p.grad is not None]
+        sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
+        rms = (sq / sum(g.numel() for g in grads)).sqrt()
+        mode = self.train.grad_norm
+        if mode == "rms" or (mode == "clip" and rms > 1):
+            torch._foreach_div_(grads, rms.clamp_min(1e-12))
+        return rms.item()
+
+    @torch.no_grad()
+    def step(self, step: int) -> dict[str, float]:
+        sched = self.schedule(step)
+        for group in self.adam.param_groups:
+            group["lr"] = sched["lr"]
+        grad_rms = self.normalize_grads()
+        self.adam.step()
+        # The density reached after this step is the one the next step trains under.
+        next_scale = density_scale(self.progress(step + 1), self.sparsity.anneal_start, self.sparsity.anneal_end)
+        if next_scale > 0:
+            for t in self.tensors:
+                keep_topk_(t.param, t.k_at(next_scale), t.floor, t.unit_dim)
+        if self.train.weight_decay:
+            torch._foreach_mul_(self.decayed, 1.0 - sched["lr"] * self.train.weight_decay)
+        return {"lr": sched["lr"], "grad_rms": grad_rms, "density_scale": next_scale}
+
+    def zero_grad(self) -> None:
+        self.adam.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict:
+        return self.adam.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.adam.load_state_dict(state)
+
+    def nonzero_report(self) -> list[dict]:
+        """Per sparse tensor: nonzeros now vs the final target (for logs and the closing check)."""
+        return [{"name": t.name, "numel": t.numel, "nonzero": int(t.param.count_nonzero()),
+                 "target": t.k_at(1.0)} for t in self.tensors]

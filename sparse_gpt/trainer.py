@@ -1,0 +1,289 @@
+"""The training loop: one process on CPU/GPU, or many under torchrun (DDP).
+
+The batch a step sees is a pure function of (seed, step, rank, micro-step), and a checkpoint holds
+the weights, Adam state and step, so a run killed anywhere resumes exactly where its last checkpoint
+left it: on CPU its final weights equal an uninterrupted run's bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from . import checkpoint as ckpt
+from .config import Config, ConfigError, config_from_dict, dump_config
+from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
+from .model import GPT
+from .sparsity import SparseAdam
+
+VAL_SEED = 1_000_003  # seeds the fixed validation batches, apart from every training step's seed
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (NaN loss, mismatched resume)."""
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+
+def setup_distributed(device_type: str) -> Dist:
+    """Join the torchrun process group when launched by torchrun; a single process otherwise."""
+    if "RANK" not in os.environ:
+        return Dist()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend)
+    d = Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    if device_type == "cuda":
+        torch.cuda.set_device(d.local_rank)
+    return d
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu)")
+    return name
+
+
+def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # The loss is computed in fp32 whatever the autocast dtype.
+    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+
+
+@torch.no_grad()
+def evaluate(model: GPT, data: PreparedData, cfg: Config, device: str, autocast) -> float:
+    """Mean validation loss over fixed batches (the same ones at every evaluation)."""
+    T = cfg.model.block_size
+    micro = cfg.train.batch_size // cfg.train.grad_accum
+    offsets = random_offsets(len(data.val), T, cfg.train.eval_batches * micro, (cfg.train.seed, VAL_SEED))
+    model.eval()
+    losses = []
+    for chunk in np.array_split(offsets, cfg.train.eval_batches):
+        x, y = get_batch(data.val, chunk, T)
+        with autocast:
+            losses.append(cross_entropy(model(x.to(device)), y.to(device)).item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON record per line; on resume, records past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif resume_step is None and path.exists():
+            path.unlink()
+
+    def write(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+    """Train a model as configured, writing checkpoints, metrics and plots under out_dir."""
+    out_dir = Path(out_dir)
+    device = resolve_device(cfg.train.device)
+    dd = setup_distributed(device)
+    try:
+        return _train(cfg, out_dir, resume, progress, device, dd)
+    finally:
+        if dd.world > 1:
+            dist.destroy_process_group()
+
+
+def _load_resume(cfg: Config, out_dir: Path) -> tuple[Config, ckpt.Checkpoint]:
+    latest = ckpt.latest_checkpoint(out_dir)
+    if latest is None:
+        raise TrainingError(f"--resume: no checkpoint under {out_dir}/checkpoints to resume from")
+    saved = ckpt.load_checkpoint(latest)
+    import yaml
+    saved_cfg = config_from_dict(yaml.safe_load(saved.config_yaml))
+    # Only the length of the run may change on resume; anything else would make it a different run.
+    mine, theirs = cfg.to_dict(), saved_cfg.to_dict()
+    mine["train"]["steps"] = theirs["train"]["steps"] = 0
+    mine["model"]["vocab_size"] = theirs["model"]["vocab_size"]
+    diffs = [f"{s}.{k}: {theirs[s][k]!r} -> {mine[s][k]!r}"
+             for s in theirs for k in theirs[s] if mine[s][k] != theirs[s][k]]
+    if diffs:
+        raise TrainingError(f"--resume with a config that differs from the checkpoint's ({latest}): "
+                            + "; ".join(diffs))
+    saved_cfg.train.steps = cfg.train.steps
+    return saved_cfg, saved
+
+
+def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str, dd: Dist) -> dict:
+    saved = None
+    if resume:
+        cfg, saved = _load_resume(cfg, out_dir)
+    # Data: rank 0 builds the tokenised cache, the others then reuse it.
+    log = print if dd.main else (lambda *a, **k: None)
+    if dd.main:
+        data = prepare_data(cfg.data, log=log)
+    dd.barrier()
+    if not dd.main:
+        data = prepare_data(cfg.data, log=log)
+    cfg.model.vocab_size = data.vocab_size
+    if saved is not None:
+        meta = json.loads((saved.path / "meta.json").read_text())
+        for key in ("manifest_hash", "tokenizer_hash"):
+            if meta[key] != getattr(data, key):
+                raise TrainingError(
+                    f"--resume: the corpus/tokenizer differ from the checkpoint's ({key} "
+                    f"{meta[key][:12]} in {saved.path}, now {getattr(data, key)[:12]}); "
+                    f"restore the original data or start a new run")
+
+    torch.manual_seed(cfg.train.seed)
+    model = GPT(cfg.model).to(device)
+    opt = SparseAdam(model, cfg.sparsity, cfg.train)
+    start_step = 0
+    if saved is not None:
+        model.load_state_dict({k: v.to(device) for k, v in saved.state_dict.items()})
+        opt.load_state_dict(saved.train_state["optimizer"])
+        _set_rng_state(saved.train_state["rng"])
+        start_step = saved.step
+    train_model = model
+    if cfg.train.compile:
+        train_model = torch.compile(model)
+    if dd.world > 1:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[dd.local_rank] if device == "cuda" else None)
+
+    use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device == "cuda")
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    T, accum = cfg.model.block_size, cfg.train.grad_accum
+    if cfg.train.batch_size % (dd.world * accum):
+        raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
+                          f"processes x grad_accum ({dd.world} x {accum})")
+    micro = cfg.train.batch_size // (dd.world * accum)
+    tokens_per_step = cfg.train.batch_size * T
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", start_step if saved else None) if dd.main else None
+    config_yaml = dump_config(cfg)
+    if dd.main:
+        ckpt.atomic_write_text(out_dir / "config.yaml", config_yaml)
+        log(f"model: {model.num_params():,} params ({cfg.model.n_layer} layers, d_model {cfg.model.d_model}); "
+            f"{len(opt.tensors)} sparse tensors, {opt.l0_final:,} nonzero at the end; "
+            f"train {len(data.train):,} tokens, val {len(data.val):,}; device {device} x{dd.world}")
+
+    def save(step: int, val_loss: float | None) -> Path:
+        meta = {"step": step, "val_loss": val_loss, "manifest_hash": data.manifest_hash,
+                "tokenizer_hash": data.tokenizer_hash, "data_dir": str(data.dir)}
+        state = {"optimizer": opt.state_dict(), "rng": _rng_state(), "step": step}
+        return ckpt.save_checkpoint(out_dir, step, model.state_dict(), config_yaml, data.tokenizer_path,
+                                    train_state=state, extra_files={"meta.json": json.dumps(meta, indent=1).encode()},
+                                    keep=cfg.train.keep_checkpoints)
+
+    bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not (progress and dd.main),
+               dynamic_ncols=True, file=sys.stderr, desc="train")
+    val_loss = None
+    t_last, tokens_since = time.perf_counter(), 0
+    train_model.train()
+    for step in range(start_step, cfg.train.steps):
+        loss_sum = torch.zeros((), device=device)
+        for m in range(accum):
+            offsets = random_offsets(len(data.train), T, micro, (cfg.train.seed, step, dd.rank, m))
+            x, y = get_batch(data.train, offsets, T)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = dd.world == 1 or m == accum - 1
+            with (nullcontext() if sync else train_model.no_sync()), autocast:
+                loss = cross_entropy(train_model(x), y) / accum
+            loss.backward()
+            loss_sum += loss.detach()
+        if dd.world > 1:
+            dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
+        train_loss = loss_sum.item()
+        if not math.isfinite(train_loss):
+            last = ckpt.latest_checkpoint(out_dir)
+            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+            raise TrainingError(f"training loss is {train_loss} at step {step}; stopped; {where} "
+                                f"(try a lower train.lr)")
+        info = opt.step(step)
+        opt.zero_grad()
+        tokens_since += tokens_per_step
+        done = step + 1
+        if dd.main:
+            record = {"step": done, "train_loss": train_loss, "lr": info["lr"], "grad_rms": info["grad_rms"],
+                      "density_scale": info["density_scale"], "l0": opt.l0_at(info["density_scale"])}
+            if done % cfg.train.eval_interval == 0 or done == cfg.train.steps:
+                val_loss = evaluate(model, data, cfg, device, autocast)
+                record["val_loss"] = val_loss
+            if done % cfg.train.log_interval == 0 or "val_loss" in record:
+                now = time.perf_counter()
+                record["tokens_per_s"] = tokens_since / (now - t_last)
+                t_last, tokens_since = now, 0
+            metrics.write(record)
+            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
+                            tok_s=f"{record.get('tokens_per_s', 0):,.0f}",
+                            density=f"{opt.l0_at(info['density_scale']) / max(1, opt.l0_at(0.0)):.3f}",
+                            refresh=False)
+            bar.update(1)
+            if done % cfg.train.ckpt_interval == 0 or done == cfg.train.steps:
+                save(done, val_loss)
+    bar.close()
+    dd.barrier()
+    if not dd.main:
+        return {}
+    summary = summarize(out_dir, data, opt, val_loss)
+    from .plots import plot_run
+    plot_run(out_dir)
+    return summary
+
+
+def summarize(out_dir: Path, data: PreparedData, opt: SparseAdam, val_loss: float | None) -> dict:
+    records = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    summary = {
+        "final_val_loss": val_loss,
+        "unigram_val_loss": unigram_loss(data.train, data.val, data.vocab_size),
+        "tokens_per_s": float(np.median(speeds)) if speeds else None,
+        "steps": records[-1]["step"] if records else 0,
+        "checkpoint": str(ckpt.latest_checkpoint(out_dir)),
+        "nonzeros": opt.nonzero_report(),
+    }
+    ckpt.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    return summary

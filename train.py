@@ -1,0 +1,56 @@
+#!/usr/bin/env python3
+"""Train a weight-sparse GPT.
+
+    python train.py --config configs/cpu-small.yaml
+    python train.py --config configs/tiny.yaml --steps 50 --set sparsity.matrix_density=0.25
+    torchrun --nproc_per_node=8 train.py --config configs/paper.yaml
+    python train.py --out runs/cpu-small --resume        # continue a killed run
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.config import ConfigError, load_config
+from sparse_gpt.data import DataError
+from sparse_gpt.trainer import TrainingError, train
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", help="YAML config file (configs/*.yaml); on --resume defaults to the run's own")
+    p.add_argument("--out", help="run directory for checkpoints, metrics and plots (default runs/<config name>)")
+    p.add_argument("--steps", type=int, help="number of optimiser steps (overrides train.steps)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], help="where to train (overrides train.device)")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+                   help="override one config value, e.g. --set train.lr=3e-3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    args = p.parse_args(argv)
+
+    if args.out is None and args.config is None:
+        p.error("give --config (and/or --out)")
+    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    config_path = args.config
+    if config_path is None and args.resume:
+        config_path = out / "config.yaml"
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"train.steps={args.steps}")
+    if args.device is not None:
+        overrides.append(f"train.device={args.device}")
+    try:
+        cfg = load_config(config_path, overrides)
+        summary = train(cfg, out, resume=args.resume, progress=not args.no_progress)
+    except (ConfigError, DataError, CheckpointError, TrainingError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if summary:
+        print(f"done: val loss {summary['final_val_loss']:.4f} "
+              f"(unigram baseline {summary['unigram_val_loss']:.4f}), "
+              f"{summary['tokens_per_s']:,.0f} tokens/s; checkpoint {summary['checkpoint']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
