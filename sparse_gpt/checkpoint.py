@@ -6,7 +6,7 @@ Layout of a run directory::
         LATEST                  # one line: the name of the newest complete checkpoint
         step_000200/
             config.yaml         # resolved run config
-            model.safetensors   # weights, sparse tensors stored as values + flat indices
+            model.safetensors   # weights; sparse ones as values + flat indices (+ -0.0 bitmask)
             tokenizer.json
             train_state.pt      # optional: optimiser state, step, RNG states, data position...
             <extra files>       # optional small files such as meta.json
@@ -56,6 +56,7 @@ RESERVED_FILES = frozenset(REQUIRED_FILES + (TRAIN_STATE_FILE, CHECKSUMS_FILE))
 COMPACT_MAX_NONZERO_SHARE = 0.5
 VALUES_SUFFIX = "::values"
 INDICES_SUFFIX = "::indices"
+NEGZERO_SUFFIX = "::negzero"
 # Key in the safetensors header metadata holding our JSON description of the stored tensors.
 METADATA_KEY = "sparse_gpt.checkpoint"
 
@@ -145,12 +146,42 @@ def _dtype_from_name(name: str, what: str) -> torch.dtype:
     return dtype
 
 
-def _nonzero_indices(flat: torch.Tensor) -> Optional[torch.Tensor]:
-    """Flat int64 indices of elements whose bit pattern is not all zeros; None if unsupported."""
+def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """Pack a 1-D bool mask into uint8, element 8*j + i in bit i of byte j."""
+    padded = torch.zeros(-(-mask.numel() // 8) * 8, dtype=torch.uint8)
+    padded[:mask.numel()] = mask
+    weights = torch.ones(8, dtype=torch.uint8) << torch.arange(8, dtype=torch.uint8)
+    return (padded.reshape(-1, 8) * weights).sum(dim=1, dtype=torch.uint8)
+
+
+def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
+    """Inverse of :func:`_pack_bits`."""
+    bits = (packed.unsqueeze(1) >> torch.arange(8, dtype=torch.uint8)) & 1
+    return bits.reshape(-1)[:numel].bool()
+
+
+def _compact_parts(flat: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
+    """The tensors storing ``flat`` compactly, or None when the dense form is the better choice.
+
+    "Nonzero" is a value test, so masked weights count as sparse even when masking by
+    multiplication left -0.0 where negative weights were. To stay bit exact, the positions of
+    such -0.0 zeros are kept as a packed bitmask (``::negzero``, 1 bit per element) when any exist.
+    """
+    numel = flat.numel()
     bits_dtype = _BITS_DTYPES.get(flat.element_size())
-    if bits_dtype is None:
+    if numel == 0 or bits_dtype is None:
         return None
-    return torch.nonzero(flat.view(bits_dtype)).squeeze(1)
+    nonzero = flat != 0  # NaN counts as nonzero, -0.0 as zero
+    idx = torch.nonzero(nonzero).squeeze(1)
+    if idx.numel() >= COMPACT_MAX_NONZERO_SHARE * numel:
+        return None
+    index_dtype = torch.int32 if numel < 2**31 else torch.int64
+    parts = {VALUES_SUFFIX: flat[idx].contiguous(), INDICES_SUFFIX: idx.to(index_dtype)}
+    negzero = ~nonzero & (flat.view(bits_dtype) != 0)  # zero by value but not by bits: -0.0
+    if bool(negzero.any()):
+        parts[NEGZERO_SUFFIX] = _pack_bits(negzero)
+    compact_bytes = sum(t.numel() * t.element_size() for t in parts.values())
+    return parts if compact_bytes < numel * flat.element_size() else None
 
 
 def _encode_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
@@ -168,18 +199,13 @@ def _encode_state_dict(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, t
             raise CheckpointError(f"state_dict key {name!r} contains '::', which is reserved")
         # A private copy: tied weights share storage, which safetensors refuses to save.
         cpu = tensor.detach().to("cpu", copy=True).contiguous()
-        numel = cpu.numel()
-        flat = cpu.reshape(-1)
-        idx = _nonzero_indices(flat) if numel > 0 else None
-        if idx is not None and idx.numel() < COMPACT_MAX_NONZERO_SHARE * numel:
-            index_dtype = torch.int32 if numel < 2**31 else torch.int64
-            compact_bytes = idx.numel() * (cpu.element_size() + index_dtype.itemsize)
-            if compact_bytes < numel * cpu.element_size():
-                stored[name + VALUES_SUFFIX] = flat[idx].contiguous()
-                stored[name + INDICES_SUFFIX] = idx.to(index_dtype)
-                compact[name] = {"shape": list(cpu.shape), "dtype": _dtype_name(cpu.dtype)}
-                continue
-        stored[name] = cpu
+        parts = _compact_parts(cpu.reshape(-1))
+        if parts is None:
+            stored[name] = cpu
+            continue
+        stored.update({name + suffix: t for suffix, t in parts.items()})
+        compact[name] = {"shape": list(cpu.shape), "dtype": _dtype_name(cpu.dtype),
+                         "negzero": NEGZERO_SUFFIX in parts}
     description = {"version": FORMAT_VERSION, "order": list(state_dict), "compact": compact}
     return stored, description
 
@@ -202,7 +228,8 @@ def _decode_state_dict(stored: dict[str, torch.Tensor], description: dict,
         try:
             shape = [int(s) for s in compact[name]["shape"]]
             dtype_name = compact[name]["dtype"]
-        except (KeyError, TypeError, ValueError) as exc:
+            has_negzero = bool(compact[name].get("negzero", False))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{where} has malformed metadata for tensor {name!r}") from exc
         dtype = _dtype_from_name(dtype_name, f"{where} tensor {name!r}")
         values = stored.get(name + VALUES_SUFFIX)
@@ -217,6 +244,11 @@ def _decode_state_dict(stored: dict[str, torch.Tensor], description: dict,
                 or (indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel))):
             raise CheckpointError(f"{where} has inconsistent values/indices for tensor {name!r}")
         dense = torch.zeros(numel, dtype=dtype)
+        if has_negzero:
+            packed = stored.get(name + NEGZERO_SUFFIX)
+            if packed is None or packed.dtype != torch.uint8 or packed.numel() != -(-numel // 8):
+                raise CheckpointError(f"{where} lacks a valid -0.0 bitmask for tensor {name!r}")
+            dense.masked_fill_(_unpack_bits(packed, numel), -0.0)
         dense[indices.long()] = values
         out[name] = dense.reshape(shape)
     return out

@@ -1,0 +1,126 @@
+"""From a checkpoint and a task name to a validated circuit.json: the pipeline prune_circuit.py runs."""
+from __future__ import annotations
+
+import json
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import yaml
+
+from .. import __version__
+from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..config import DataConfig, config_from_dict
+from ..model import GPT
+from ..tasks import get_task
+from ..tokenizer import load_tokenizer
+from .circuit import make_circuit, node_records, save_circuit
+from .means import load_or_compute_means, validation_texts
+from .nodes import NodeLayout, circuit_edges
+from .pruner import PruneConfig, Pruner
+from .validate import evaluate_circuit
+
+CONTROL_TASK = "nonsense_quote"
+
+
+@dataclass
+class LoadedModel:
+    model: GPT
+    tokenizer: object
+    path: Path            # the checkpoint directory
+    fingerprint: str      # sha256 of the weights file: ties a circuit to these exact weights
+    data: DataConfig      # where validation text (means, natural examples) comes from
+    kind: str             # "sparse_gpt" | "openai"
+
+
+def load_for_pruning(path: str | Path, device: str = "cpu") -> LoadedModel:
+    """Load one of our checkpoints (run or checkpoint dir) or a directory of OpenAI's release."""
+    path = Path(path)
+    from ..openai_format import is_openai_dir, load_openai_model
+    if is_openai_dir(path):
+        model, tok, unknown = load_openai_model(path, device=device)
+        if unknown:
+            print(f"note: {path}/beeg_config.json keys not used by this loader: {', '.join(unknown)}")
+        from ..checkpoint import sha256_file
+        return LoadedModel(model.eval(), tok, path, sha256_file(path / "final_model.pt"), DataConfig(), "openai")
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at {path}")
+    ck = load_checkpoint(resolve_checkpoint(path), map_location=device, with_train_state=False)
+    cfg = config_from_dict(yaml.safe_load(ck.config_yaml))
+    model = GPT(cfg.model)
+    model.load_state_dict(ck.state_dict)
+    checksums = json.loads((ck.path / "checksums.json").read_text())
+    fingerprint = checksums["files"]["model.safetensors"]["sha256"]
+    return LoadedModel(model.to(device).eval(), load_tokenizer(ck.tokenizer_path), ck.path, fingerprint, cfg.data,
+                       "sparse_gpt")
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU")
+    return name
+
+
+class CircuitPipeline:
+    """Shared state for pruning one model on several tasks: means, layout, validation text."""
+
+    def __init__(self, loaded: LoadedModel, cfg: PruneConfig, device: str, log=print):
+        self.loaded, self.cfg, self.device, self.log = loaded, cfg.validate(), device, log
+        self.layout = NodeLayout(loaded.model.config)
+        self.means = load_or_compute_means(loaded.model, self.layout, loaded.tokenizer, loaded.path,
+                                           loaded.fingerprint, loaded.data, log=log).to(device)
+        self.natural_texts = validation_texts(loaded.data, max_bytes=3_000_000)
+        self._control: dict | None = None
+
+    def pruner(self, task_name: str, require_full: bool = True) -> Pruner:
+        return Pruner(self.loaded.model, self.layout, self.means, get_task(task_name), self.loaded.tokenizer,
+                      self.cfg, natural_texts=self.natural_texts, device=self.device, require_full=require_full)
+
+    def control(self, progress: bool = True) -> dict:
+        """Size of the circuit the pruner builds for a nonsense task (computed once per model)."""
+        if self._control is None:
+            pruner = self.pruner(CONTROL_TASK, require_full=False)
+            best, _ = pruner.search(progress=progress)
+            self._control = {"task": CONTROL_TASK, "nodes": best.n_nodes, "loss": best.loss,
+                             "calibrated_loss": best.calibration["loss"], "full_loss": pruner.full_loss,
+                             "reached_target": best.loss <= self.cfg.target_loss}
+        return self._control
+
+    def extract(self, task_name: str, out_dir: Path, progress: bool = True, with_control: bool = True) -> dict:
+        """Prune, validate and write out_dir/circuit.json for one task; returns the circuit."""
+        t0 = time.perf_counter()
+        task = get_task(task_name)
+        pruner = self.pruner(task_name)
+        best, runs = pruner.search(progress=progress)
+        model = self.loaded.model
+        edges = circuit_edges(model, self.layout, best.keep)
+        provenance = {
+            "checkpoint": str(self.loaded.path), "checkpoint_fingerprint": self.loaded.fingerprint,
+            "checkpoint_kind": self.loaded.kind, "task": task_name, "seed": self.cfg.seed,
+            "pruner": best.settings, "sparse_gpt_version": __version__, "torch": torch.__version__,
+            "python": platform.python_version(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        circuit = make_circuit(
+            provenance=provenance, model_config=asdict(model.config),
+            nodes=node_records(self.layout, best.keep, best.scores), edges=edges,
+            calibration=best.calibration, bisection=best.curve, metrics={})
+        metrics = evaluate_circuit(model, circuit, task, self.loaded.tokenizer, self.means,
+                                   natural_texts=self.natural_texts)
+        metrics["search"] = [r.summary() for r in runs]
+        metrics["total_nodes"] = self.layout.n_nodes
+        if with_control:
+            metrics["control"] = self.control(progress)
+        metrics["seconds"] = round(time.perf_counter() - t0, 1)
+        circuit["metrics"] = metrics
+        save_circuit(circuit, Path(out_dir) / "circuit.json")
+        return circuit
+
+
+def geometric_mean(values: list[float]) -> float:
+    values = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan

@@ -1,0 +1,179 @@
+"""Node masks and how they act on a model: gates, mean ablation, frozen norm scales.
+
+A gate vector g (one entry per node, see nodes.NodeLayout) acts at every node location as
+x * g + mean * (1 - g): a pruned node (g = 0) carries its mean activation over pretraining text.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import ExitStack, contextmanager
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .nodes import NodeLayout
+
+
+class HeavisideSTE(torch.autograd.Function):
+    """Forward: 1[tau > 0]. Backward: the derivative of sigmoid(tau / T) (METHOD.md section 3)."""
+
+    @staticmethod
+    def forward(ctx, tau: torch.Tensor, temperature: float) -> torch.Tensor:
+        ctx.save_for_backward(tau)
+        ctx.temperature = temperature
+        return (tau > 0).to(tau.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (tau,) = ctx.saved_tensors
+        s = torch.sigmoid(tau / ctx.temperature)
+        return grad * s * (1 - s) / ctx.temperature, None
+
+
+def qk_source_index(layout: NodeLayout, tie_qk: bool) -> torch.Tensor:
+    """(N,) index map applied to a gate vector: with tied q/k, each k node takes its q node's gate
+    (a q channel is useless without the matching k channel; the paper notes they should be tied)."""
+    src = torch.arange(layout.n_nodes)
+    if tie_qk:
+        for loc in layout.locations:
+            if loc.kind == "attn_k":
+                q = layout.by_name[loc.name.replace(".k", ".q")]
+                src[loc.slice] = torch.arange(q.offset, q.offset + q.width)
+    return src
+
+
+class HeavisideMask(nn.Module):
+    """One learnable tau per node; gate = H(tau) with a sigmoid-derivative surrogate gradient."""
+
+    def __init__(self, layout: NodeLayout, init_bias: float = 0.1, init_noise: float = 1e-2,
+                 temperature: float = 1.0, tie_qk: bool = False, generator: torch.Generator | None = None):
+        super().__init__()
+        tau = init_bias + init_noise * torch.randn(layout.n_nodes, generator=generator)
+        self.tau = nn.Parameter(tau)
+        self.temperature = temperature
+        self.register_buffer("source", qk_source_index(layout, tie_qk), persistent=False)
+
+    def gates(self) -> torch.Tensor:
+        return HeavisideSTE.apply(self.tau, self.temperature)[self.source]
+
+    def penalty(self) -> torch.Tensor:
+        """Differentiable number of active nodes."""
+        return self.gates().sum()
+
+    def scores(self) -> torch.Tensor:
+        """Ranking used by the discretisation: higher = more important."""
+        return self.tau.detach()[self.source]
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.tau.clamp_(-1.0, 1.0)
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        return {}
+
+
+class HardConcreteMask(nn.Module):
+    """Hard-concrete gates (Louizos et al.) with a Lagrangian that drives the expected number of
+    active nodes to `target_size` (the Edge Pruning recipe); an option the paper did not use."""
+
+    BETA, LOW, HIGH = 2 / 3, -0.1, 1.1
+
+    def __init__(self, layout: NodeLayout, target_size: int, init_bias: float = 2.0, init_noise: float = 1e-2,
+                 tie_qk: bool = False, generator: torch.Generator | None = None):
+        super().__init__()
+        self.log_alpha = nn.Parameter(init_bias + init_noise * torch.randn(layout.n_nodes, generator=generator))
+        # Lagrange multipliers, trained by gradient ascent (see flip_multiplier_grads_).
+        self.lambdas = nn.Parameter(torch.zeros(2))
+        self.target_size = float(target_size)
+        self.register_buffer("source", qk_source_index(layout, tie_qk), persistent=False)
+
+    def gates(self) -> torch.Tensor:
+        if self.training:
+            u = torch.rand_like(self.log_alpha).clamp(1e-6, 1 - 1e-6)
+            s = torch.sigmoid((u.log() - (1 - u).log() + self.log_alpha) / self.BETA)
+        else:
+            s = torch.sigmoid(self.log_alpha)
+        return (s * (self.HIGH - self.LOW) + self.LOW).clamp(0, 1)[self.source]
+
+    def expected_l0(self) -> torch.Tensor:
+        p_open = torch.sigmoid(self.log_alpha - self.BETA * math.log(-self.LOW / self.HIGH))
+        return p_open[self.source].sum()
+
+    def penalty(self) -> torch.Tensor:
+        return torch.zeros(())  # the size is controlled by the Lagrangian in extra_losses
+
+    def extra_losses(self) -> dict[str, torch.Tensor]:
+        gap = self.expected_l0() - self.target_size
+        lagrangian = self.lambdas[0] * gap + self.lambdas[1] * gap * gap
+        return {"lagrangian": lagrangian / max(1.0, self.target_size)}
+
+    def flip_multiplier_grads_(self) -> None:
+        """The masks minimise the Lagrangian, the multipliers maximise it: ascend on lambdas."""
+        if self.lambdas.grad is not None:
+            self.lambdas.grad.neg_()
+
+    def scores(self) -> torch.Tensor:
+        return self.log_alpha.detach()[self.source]
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        self.log_alpha.clamp_(-10.0, 10.0)
+
+
+def _mix(x: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    return mean + (x - mean) * gate
+
+
+@contextmanager
+def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
+          norm_scales: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+    """Run `model` with node gates (N,) applied at every node location; pruned nodes take `means`.
+
+    norm_scales (from record_norm_scales) freezes every RMSNorm's 1/rms at the unpruned model's
+    values, so the final norm cannot amplify a shrunken residual (METHOD.md section 6)."""
+    replace = {loc.name: (lambda x, g=gates[loc.slice], m=means[loc.slice]: _mix(x, g.to(x.dtype), m.to(x.dtype)))
+               for loc in layout.locations}
+    with ExitStack() as stack:
+        stack.enter_context(model.hooks(replace=replace))
+        if norm_scales is not None:
+            stack.enter_context(frozen_norms(model, norm_scales))
+        yield
+
+
+def _norm_modules(model) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, (nn.RMSNorm, nn.LayerNorm))}
+
+
+@torch.no_grad()
+def record_norm_scales(model, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+    """1/rms of every norm's input, per sequence and position (B, T, 1), in the unpruned model."""
+    scales, handles = {}, []
+    for name, m in _norm_modules(model).items():
+        if not isinstance(m, nn.RMSNorm):
+            raise ValueError("frozen norms need RMSNorm (this model uses LayerNorm)")
+        eps = m.eps if m.eps is not None else torch.finfo(torch.float32).eps
+
+        def hook(_m, inp, _out, name=name, eps=eps):
+            x = inp[0].float()
+            scales[name] = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        handles.append(m.register_forward_hook(hook))
+    try:
+        model(tokens)
+    finally:
+        for h in handles:
+            h.remove()
+    return scales
+
+
+@contextmanager
+def frozen_norms(model, scales: dict[str, torch.Tensor]) -> Iterator[None]:
+    handles = []
+    try:
+        for name, m in _norm_modules(model).items():
+            handles.append(m.register_forward_hook(
+                lambda mod, inp, _out, s=scales[name]: (inp[0] * s.to(inp[0].dtype)) * mod.weight))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
