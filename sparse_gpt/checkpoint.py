@@ -35,6 +35,7 @@ import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Optional, Union
 
 import safetensors.torch
@@ -64,9 +65,9 @@ TMP_PREFIX = ".tmp-"
 _STEP_DIR_RE = re.compile(r"step_(\d+)")
 _EXTRA_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
-# Integer dtypes used to look at raw bit patterns, so -0.0 counts as nonzero and survives a round
-# trip (a float comparison with 0 would drop its sign bit).
-_BITS_DTYPES = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+# Same-size integer dtypes for viewing raw bit patterns: a bit-exact round trip must tell -0.0
+# from 0.0 and keep NaN payloads, and integer kernels exist for every operation we need.
+_BITS_DTYPES = MappingProxyType({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64})
 _HASH_CHUNK = 1 << 20
 
 MapLocation = Union[str, torch.device]
@@ -160,25 +161,39 @@ def _unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     return bits.reshape(-1)[:numel].bool()
 
 
+def _negative_zero_bits(dtype: torch.dtype, bits_dtype: torch.dtype) -> Optional[int]:
+    """The bit pattern of -0.0 in ``dtype`` viewed as ``bits_dtype``; None if it has no -0.0."""
+    if not dtype.is_floating_point:
+        return None
+    pattern = int(torch.tensor([-0.0]).to(dtype).view(bits_dtype)[0])
+    return pattern or None  # e.g. the float8 "fnuz" types have a single, unsigned zero
+
+
 def _compact_parts(flat: torch.Tensor) -> Optional[dict[str, torch.Tensor]]:
     """The tensors storing ``flat`` compactly, or None when the dense form is the better choice.
 
-    "Nonzero" is a value test, so masked weights count as sparse even when masking by
+    "Nonzero" means nonzero by value, so masked weights count as sparse even when masking by
     multiplication left -0.0 where negative weights were. To stay bit exact, the positions of
     such -0.0 zeros are kept as a packed bitmask (``::negzero``, 1 bit per element) when any exist.
+    All work is done on integer views of the bits, which every dtype supports (and NaNs need).
     """
     numel = flat.numel()
     bits_dtype = _BITS_DTYPES.get(flat.element_size())
-    if numel == 0 or bits_dtype is None:
+    if numel == 0 or bits_dtype is None or flat.is_complex():
         return None
-    nonzero = flat != 0  # NaN counts as nonzero, -0.0 as zero
+    bits = flat.view(bits_dtype)
+    nonzero = bits != 0
+    negzero_pattern = _negative_zero_bits(flat.dtype, bits_dtype)
+    negzero = None
+    if negzero_pattern is not None:
+        negzero = bits == negzero_pattern
+        nonzero &= ~negzero
     idx = torch.nonzero(nonzero).squeeze(1)
     if idx.numel() >= COMPACT_MAX_NONZERO_SHARE * numel:
         return None
     index_dtype = torch.int32 if numel < 2**31 else torch.int64
-    parts = {VALUES_SUFFIX: flat[idx].contiguous(), INDICES_SUFFIX: idx.to(index_dtype)}
-    negzero = ~nonzero & (flat.view(bits_dtype) != 0)  # zero by value but not by bits: -0.0
-    if bool(negzero.any()):
+    parts = {VALUES_SUFFIX: bits[idx].view(flat.dtype), INDICES_SUFFIX: idx.to(index_dtype)}
+    if negzero is not None and bool(negzero.any()):
         parts[NEGZERO_SUFFIX] = _pack_bits(negzero)
     compact_bytes = sum(t.numel() * t.element_size() for t in parts.values())
     return parts if compact_bytes < numel * flat.element_size() else None
@@ -232,6 +247,9 @@ def _decode_state_dict(stored: dict[str, torch.Tensor], description: dict,
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CheckpointError(f"{where} has malformed metadata for tensor {name!r}") from exc
         dtype = _dtype_from_name(dtype_name, f"{where} tensor {name!r}")
+        if dtype.itemsize not in _BITS_DTYPES or dtype.is_complex:
+            raise CheckpointError(f"{where} stores {dtype} tensor {name!r} compactly, "
+                                  "which this version never writes")
         values = stored.get(name + VALUES_SUFFIX)
         indices = stored.get(name + INDICES_SUFFIX)
         if values is None or indices is None:
@@ -243,14 +261,19 @@ def _decode_state_dict(stored: dict[str, torch.Tensor], description: dict,
                 or values.numel() != indices.numel()
                 or (indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= numel))):
             raise CheckpointError(f"{where} has inconsistent values/indices for tensor {name!r}")
-        dense = torch.zeros(numel, dtype=dtype)
+        # Rebuild on integer views: index_put/masked_fill lack kernels for some dtypes (float8,
+        # uint16...), and writing bits keeps -0.0 and NaN payloads exact.
+        bits_dtype = _BITS_DTYPES[dtype.itemsize]
+        dense = torch.zeros(numel, dtype=bits_dtype)
         if has_negzero:
             packed = stored.get(name + NEGZERO_SUFFIX)
-            if packed is None or packed.dtype != torch.uint8 or packed.numel() != -(-numel // 8):
+            pattern = _negative_zero_bits(dtype, bits_dtype)
+            if (pattern is None or packed is None or packed.dtype != torch.uint8
+                    or packed.numel() != -(-numel // 8)):
                 raise CheckpointError(f"{where} lacks a valid -0.0 bitmask for tensor {name!r}")
-            dense.masked_fill_(_unpack_bits(packed, numel), -0.0)
-        dense[indices.long()] = values
-        out[name] = dense.reshape(shape)
+            dense.masked_fill_(_unpack_bits(packed, numel), pattern)
+        dense[indices.long()] = values.view(bits_dtype)
+        out[name] = dense.view(dtype).reshape(shape)
     return out
 
 
@@ -318,7 +341,8 @@ def resolve_checkpoint(path: Path) -> Path:
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
     if not path.is_dir():
-        raise CheckpointError(f"{path} is a file; expected a run directory or a checkpoint directory")
+        raise CheckpointError(
+            f"{path} is a file; expected a run directory or a checkpoint directory")
     if (path / CHECKSUMS_FILE).exists():
         return path
     if _STEP_DIR_RE.fullmatch(path.name):
@@ -344,7 +368,8 @@ def _read_manifest(ckpt_dir: Path) -> dict:
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {ckpt_dir} has a corrupt {CHECKSUMS_FILE}: {exc}") from exc
+        raise CheckpointError(
+            f"checkpoint {ckpt_dir} has a corrupt {CHECKSUMS_FILE}: {exc}") from exc
     if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {ckpt_dir} has {CHECKSUMS_FILE} with an unsupported "
                               f"format_version (expected {FORMAT_VERSION})")
@@ -484,7 +509,8 @@ def load_checkpoint(path: Path, map_location: MapLocation = "cpu",
     # The large files are hashed from the very bytes we parse below instead of here.
     big = frozenset({MODEL_FILE, TRAIN_STATE_FILE})
     _verify_files(ckpt_dir, manifest, skip=big)
-    state_dict = _parse_model(_read_verified(ckpt_dir, MODEL_FILE, manifest), ckpt_dir, map_location)
+    model_bytes = _read_verified(ckpt_dir, MODEL_FILE, manifest)
+    state_dict = _parse_model(model_bytes, ckpt_dir, map_location)
     train_state = None
     if TRAIN_STATE_FILE in manifest["files"]:
         data = _read_verified(ckpt_dir, TRAIN_STATE_FILE, manifest)
@@ -603,7 +629,8 @@ def _check_save_args(step: int, tokenizer_path: Path, config_yaml: str,
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
         raise CheckpointError(f"keep must be an int >= 1 (the latest is always kept), got {keep!r}")
     if not isinstance(config_yaml, str):
-        raise CheckpointError(f"config_yaml must be the YAML text, got {type(config_yaml).__name__}")
+        raise CheckpointError(
+            f"config_yaml must be the YAML text, got {type(config_yaml).__name__}")
     if not Path(tokenizer_path).is_file():
         raise CheckpointError(f"tokenizer file {tokenizer_path} does not exist")
     for name, data in extra_files.items():
@@ -631,15 +658,14 @@ def save_checkpoint(run_dir: Path, step: int, state_dict: dict[str, torch.Tensor
     root = run_dir / CHECKPOINTS_DIR
     name = _step_dir_name(step)
     final = root / name
-    if not root.is_dir():
-        root.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(root.parent)
-    current = latest_checkpoint(run_dir)
-    if current is not None and current.name == name:
+    latest_file = root / LATEST_FILE
+    # Read LATEST raw: a LATEST naming a deleted dir must not block the save that repairs it.
+    if (latest_file.is_file() and final.exists()
+            and latest_file.read_text(encoding="utf-8").strip() == name):
         raise CheckpointError(f"refusing to overwrite {final}: it is the checkpoint "
                               f"{CHECKPOINTS_DIR}/{LATEST_FILE} names; save under another step")
 
-    # Serialise before touching the disk so a bad input leaves nothing behind.
+    # Serialise before touching the disk so that bad input leaves nothing behind.
     stored, description = _encode_state_dict(state_dict)
     contents: dict[str, bytes] = {
         CONFIG_FILE: config_yaml.encode("utf-8"),
@@ -659,6 +685,9 @@ def save_checkpoint(run_dir: Path, step: int, state_dict: dict[str, torch.Tensor
                   for k, v in contents.items()},
     }
 
+    if not root.is_dir():
+        root.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(root.parent)
     tmp = root / f"{TMP_PREFIX}{name}-{secrets.token_hex(6)}"
     os.mkdir(tmp)
     try:
@@ -677,6 +706,6 @@ def save_checkpoint(run_dir: Path, step: int, state_dict: dict[str, torch.Tensor
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(root)
-    atomic_write_text(root / LATEST_FILE, name + "\n")
+    atomic_write_text(latest_file, name + "\n")
     _cleanup(root, name, keep)
     return final

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
+import tokenizers
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
@@ -41,6 +42,7 @@ ENCODE_CHUNK_BYTES = 4_000_000   # text per encode_batch call: big enough to kee
 PROGRESS_MIN_BYTES = 16_000_000  # smaller corpora finish too fast for a progress bar to help
 
 Log = Callable[[str], None]
+TOKENIZER_CHANGED = "tokenizer.json missing or not the one the tokens were made with"
 
 
 @dataclass
@@ -82,9 +84,9 @@ def prepare_data(cfg: DataConfig, log: Log = print, block_size: Optional[int] = 
     corpus = collect_corpus(cfg)
     manifest_hash = corpus.manifest_hash()
     d = cache_dir_for(cfg, manifest_hash)
-    data = _load_cache(d, manifest_hash, tokenizer_settings(cfg), log)
+    data, problem = _load_cache(d, manifest_hash, tokenizer_settings(cfg), log)
     if data is None:
-        data = _build_cache(d, corpus, cfg, log)
+        data = _build_cache(d, corpus, cfg, log, keep_tokenizer=problem != TOKENIZER_CHANGED)
     if block_size is not None:
         for name, tokens in (("train", data.train), ("val", data.val)):
             check_length(len(tokens), block_size, f"{name} split ({d})")
@@ -93,11 +95,12 @@ def prepare_data(cfg: DataConfig, log: Log = print, block_size: Optional[int] = 
 
 # --- cache reading ---------------------------------------------------------------------------
 
-def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log) -> Optional[PreparedData]:
-    """The cached data in `d` if its meta.json says it matches; None (with the reason) otherwise."""
+def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log
+                ) -> tuple[Optional[PreparedData], Optional[str]]:
+    """(the cached data in `d`, None) if its meta.json says it matches, else (None, the reason)."""
     meta_path = d / "meta.json"
     if not meta_path.is_file():
-        return None
+        return None, "no meta.json"
     try:
         meta = json.loads(meta_path.read_text())
         problem = _cache_problem(d, meta, manifest_hash, settings)
@@ -107,9 +110,9 @@ def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log) -> Option
         problem = f"unreadable ({type(e).__name__}: {e})"
     if problem is not None:
         log(f"data: cache {d} is stale or damaged ({problem}); rebuilding")
-        return None
+        return None, problem
     log(f"data: reusing cache {d} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
-    return _open(d, meta, tok)
+    return _open(d, meta, tok), None
 
 
 def _cache_problem(d: Path, meta: dict, manifest_hash: str, settings: dict) -> Optional[str]:
@@ -122,7 +125,7 @@ def _cache_problem(d: Path, meta: dict, manifest_hash: str, settings: dict) -> O
         return "tokenizer settings changed"
     tok_path = d / "tokenizer.json"
     if not tok_path.is_file() or _file_sha256(tok_path) != meta["tokenizer_hash"]:
-        return "tokenizer.json missing or changed"
+        return TOKENIZER_CHANGED
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in ("train", "val"):
         path = d / f"{split}.bin"
@@ -144,11 +147,15 @@ def _open(d: Path, meta: dict, tok: Tokenizer) -> PreparedData:
 
 # --- cache building --------------------------------------------------------------------------
 
-def _build_cache(d: Path, corpus: Corpus, cfg: DataConfig, log: Log) -> PreparedData:
+def _build_cache(d: Path, corpus: Corpus, cfg: DataConfig, log: Log,
+                 keep_tokenizer: bool = True) -> PreparedData:
+    """Tokenise the corpus into `d`; reuse a tokenizer.json found there when `keep_tokenizer`."""
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
     # Drop the old meta first: if this rebuild is killed, the half-new directory is not trusted.
     (d / "meta.json").unlink(missing_ok=True)
+    if not keep_tokenizer:
+        (d / "tokenizer.json").unlink(missing_ok=True)
     tok = _get_tokenizer(d, corpus, cfg, log)
     vocab_size = tok.get_vocab_size()
     dtype = np.dtype(np.uint16 if vocab_size <= 65535 else np.uint32)
@@ -170,7 +177,8 @@ def _build_cache(d: Path, corpus: Corpus, cfg: DataConfig, log: Log) -> Prepared
         "train_documents": len(corpus.split("train")), "val_documents": len(corpus.split("val")),
         "train_bin_sha256": hashes["train"], "val_bin_sha256": hashes["val"],
         "manifest_hash": corpus.manifest_hash(), "tokenizer_hash": _file_sha256(d / "tokenizer.json"),
-        "tokenizer_settings": tokenizer_settings(cfg), "build_seconds": time.perf_counter() - t0,
+        "tokenizer_settings": tokenizer_settings(cfg), "tokenizers_version": tokenizers.__version__,
+        "build_seconds": time.perf_counter() - t0,
     }
     _write_json(d / "meta.json", meta)  # last: its presence marks the cache complete
     log(f"data: cache written to {d} in {meta['build_seconds']:.1f}s")

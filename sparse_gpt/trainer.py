@@ -1,6 +1,6 @@
 """The training loop: one process on CPU/GPU, or many under torchrun (DDP).
 
-The batch a step sees is a pure function of (seed, step, rank, micro-step), and a checkpoint holds
+The batch a step sees is a pure function of (seed, step), and a checkpoint holds
 the weights, Adam state and step, so a run killed anywhere resumes exactly where its last checkpoint
 left it: on CPU its final weights equal an uninterrupted run's bit for bit.
 """
@@ -72,7 +72,7 @@ def resolve_device(name: str) -> str:
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     # The loss is computed in fp32 whatever the autocast dtype.
-    return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1))
+    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 @torch.no_grad()
@@ -220,14 +220,17 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
 
     bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not (progress and dd.main),
                dynamic_ncols=True, file=sys.stderr, desc="train")
-    val_loss = None
+    val_loss, speed = None, 0.0
     t_last, tokens_since = time.perf_counter(), 0
     train_model.train()
     for step in range(start_step, cfg.train.steps):
         loss_sum = torch.zeros((), device=device)
+        # The global batch depends on (seed, step) only; each process takes its own rows of it,
+        # so any number of processes and micro-steps sees the same data.
+        step_offsets = random_offsets(len(data.train), T, cfg.train.batch_size, (cfg.train.seed, step))
         for m in range(accum):
-            offsets = random_offsets(len(data.train), T, micro, (cfg.train.seed, step, dd.rank, m))
-            x, y = get_batch(data.train, offsets, T)
+            first = (m * dd.world + dd.rank) * micro
+            x, y = get_batch(data.train, step_offsets[first:first + micro], T)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = dd.world == 1 or m == accum - 1
             with (nullcontext() if sync else train_model.no_sync()), autocast:
@@ -254,11 +257,11 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
                 record["val_loss"] = val_loss
             if done % cfg.train.log_interval == 0 or "val_loss" in record:
                 now = time.perf_counter()
-                record["tokens_per_s"] = tokens_since / (now - t_last)
+                speed = record["tokens_per_s"] = tokens_since / (now - t_last)
                 t_last, tokens_since = now, 0
             metrics.write(record)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
-                            tok_s=f"{record.get('tokens_per_s', 0):,.0f}",
+                            tok_s=f"{speed:,.0f}",
                             density=f"{opt.l0_at(info['density_scale']) / max(1, opt.l0_at(0.0)):.3f}",
                             refresh=False)
             bar.update(1)

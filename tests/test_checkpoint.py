@@ -80,6 +80,9 @@ def _mixed_state_dict() -> dict[str, torch.Tensor]:
         "empty": torch.zeros(0, 5),
         "int8": torch.tensor([[0, 0, 0, -3], [0, 0, 0, 0]], dtype=torch.int8),
         "noncontig": torch.randn(6, 4).t(),
+        # Dtypes whose CPU kernels lack index_put/masked_fill: decoding must use bit views.
+        "fp8_sparse": _sparse((32, 32), 0.1, seed=6, signed_zeros=True).to(torch.float8_e4m3fn),
+        "uint16_sparse": torch.tensor([0, 0, 0, 65535, 0, 0, 0, 0], dtype=torch.uint16),
     }
 
 
@@ -100,6 +103,7 @@ def test_round_trip_is_bit_exact(tmp_path: Path, tokenizer: Path) -> None:
         assert f.get_tensor("blocks.0.attn.w::indices").dtype == torch.int32
         assert f.get_tensor("blocks.0.attn.w::values").dtype == torch.float32
     assert {"blocks.0.attn.w::values", "blocks.0.attn.w::indices", "blocks.0.attn.w::negzero",
+            "fp8_sparse::negzero", "uint16_sparse::values",
             "blocks.0.mlp.b::values", "bf16_sparse::values", "bf16_signed_zeros::negzero",
             "blocks.0.mlp.w", "bf16_dense"} <= keys
     assert "blocks.0.attn.w" not in keys and "bf16_sparse::negzero" not in keys
@@ -233,6 +237,9 @@ def test_latest_naming_missing_dir_is_an_error(tmp_path: Path, tokenizer: Path) 
     (run / "checkpoints" / "LATEST").write_text("step_000009\n")
     with pytest.raises(CheckpointError, match="names step_000009"):
         latest_checkpoint(run)
+    # A later save repairs the dangling pointer.
+    repaired = save_checkpoint(run, 9, {"w": torch.ones(1)}, CONFIG, tokenizer)
+    assert latest_checkpoint(run) == repaired
     (run / "checkpoints" / "LATEST").write_text("../../etc\n")
     with pytest.raises(CheckpointError, match="should name a step_NNNNNN"):
         latest_checkpoint(run)
@@ -358,8 +365,8 @@ _SAVER = textwrap.dedent("""
     while True:
         step += 1
         g = torch.Generator().manual_seed(seed * 100003 + step)
-        sd = {"w": torch.randn(256, 512, generator=g) * (torch.rand(256, 512, generator=g) < 1 / 64),
-              "b": torch.randn(512, generator=g)}
+        w = torch.randn(256, 512, generator=g) * (torch.rand(256, 512, generator=g) < 1 / 64)
+        sd = {"w": w, "b": torch.randn(512, generator=g)}
         save_checkpoint(run, step, sd, "seed: %d\\n" % seed, tokenizer,
                         train_state={"step": step, "rng": torch.get_rng_state()},
                         extra_files={"meta.json": b"{}"}, keep=2)
@@ -368,12 +375,12 @@ _SAVER = textwrap.dedent("""
 
 def _expected_weights(seed: int, step: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed * 100003 + step)
-    return {"w": torch.randn(256, 512, generator=g) * (torch.rand(256, 512, generator=g) < 1 / 64),
-            "b": torch.randn(512, generator=g)}
+    w = torch.randn(256, 512, generator=g) * (torch.rand(256, 512, generator=g) < 1 / 64)
+    return {"w": w, "b": torch.randn(512, generator=g)}
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("seed", [0, 1, 2])
 def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path: Path, tokenizer: Path,
                                                            seed: int) -> None:
     rng = random.Random(seed)

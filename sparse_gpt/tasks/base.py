@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from sparse_gpt.tokenizer import describe_split, encode, eot_id, single_token_id
+from sparse_gpt.tokenizer import decode, describe_split, encode, eot_id, single_token_id
 
 SPLITS = ("prune", "heldout")
 
@@ -162,10 +162,18 @@ def _boundary_problem(tokenizer: Tokenizer, example: Example, prompt_ids: list[i
     if got == want:
         return None
     start = max(0, len(prompt_ids) - 3)
-    seen = [tokenizer.decode([i]) for i in got[start:]]
-    expected = [tokenizer.decode([i]) for i in want[start:]]
-    return (f"in context the text tokenises as ...{seen} where the encoder expected "
-            f"...{expected} (a merge across the prompt/answer boundary)")
+    return (f"in context the text tokenises as ...{[decode(tokenizer, [i]) for i in got[start:]]} "
+            f"where the encoder expected ...{[decode(tokenizer, [i]) for i in want[start:]]} "
+            f"(a merge across the prompt/answer boundary)")
+
+
+def boundary_problem(tokenizer: Tokenizer, example: Example) -> str | None:
+    """Why `example.answer` is not the single token a model sees right after the prompt in the
+    example's source text, or None if it is."""
+    answer_id = single_token_id(tokenizer, example.answer)
+    if answer_id is None:
+        return f"the answer is not one token: {describe_split(tokenizer, example.answer)}"
+    return _boundary_problem(tokenizer, example, encode(tokenizer, example.prompt), answer_id)
 
 
 def _encode_one(task: BinaryTask, example: Example, tokenizer: Tokenizer,

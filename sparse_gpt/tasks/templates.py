@@ -10,7 +10,10 @@ the Python we imitate, so the snippets keep their own braces and quotes. Two kin
   (`$var` and `$var2` are two distinct variable names).
 
 `${answer}` marks where the prompt ends: the side's answer goes there, and the text after it is the
-continuation that the encoder uses to check the answer is the next token in context.
+continuation that the encoder uses to check the answer is the next token in context. The
+continuation is never shown to a model, so it only needs the right first characters, not to be
+valid code for both sides. An answer that ends in a newline (`:\n`, `\n`) stands for the line
+break at the cut, so templates are written as plain multi-line code either way.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ from typing import ClassVar, Mapping
 from .base import BinaryTask, Example, PromptPair, TaskError, check_split
 
 ANSWER_SLOT = "answer"
+# Stands for the answer slot while the other slots are filled; never occurs in source code.
+_CUT = "\x00"
 
 
 def _pool(*values: str) -> tuple[str, ...]:
@@ -97,18 +102,30 @@ POOLS: Mapping[str, tuple[str, ...]] = MappingProxyType({
         "invalid literal", "empty", "end of file", "unsupported type", "not a directory",
     ),
     "num": _pool("0", "1", "2", "3", "4", "5", "8", "10", "16", "42", "100", "255", "1024", "-1"),
-    # Statements used as surrounding lines; no quotes, so they never open a string.
+    # One-line statements used as surrounding lines; no quotes, so they never open a string.
     "stmt": _pool(
         "count = 0", "result = []", "self.reset()", "data = self.read()", "n = len(items)",
         "total += 1", "seen = set()", "args = list(args)", "index = 0", "self._closed = False",
         "value = int(value)", "pos = self.pos", "lines = text.splitlines()", "out = []",
-        "if not items:\n$ind    return None", "node = node.parent", "size = max(size, 0)",
-        "self.count += 1", "cache = {}", "key = key.lower()", "done = False", "i = j = 0",
+        "node = node.parent", "size = max(size, 0)", "self.count += 1", "cache = {}",
+        "key = key.lower()", "done = False", "i = j = 0",
         "log.debug(msg)", "path = os.path.abspath(path)", "del tmp", "assert n >= 0",
         "options = options or {}", "start = time.monotonic()", "self._lock.acquire()",
     ),
     "ind": _pool("    ", "        "),
+    "q": _pool('"', "'"),
+    "comment": _pool(
+        "fast path", "main loop", "walk the tree", "drain the queue", "retry until done",
+        "TODO: handle errors", "see above", "nothing to do", "keep the old value", "slow path",
+        "flush pending output", "normalise first", "the common case",
+    ),
+    "exc": _pool("ValueError", "KeyError", "OSError", "TypeError", "IndexError", "RuntimeError"),
 })
+
+
+def with_pools(**extra: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
+    """POOLS plus (or overriding) some task-specific pools, read-only."""
+    return MappingProxyType({**POOLS, **{k: _pool(*v) for k, v in extra.items()}})
 
 
 def code(text: str) -> str:
@@ -134,42 +151,52 @@ def _pool_name(slot: str) -> str:
     return re.sub(r"\d+$", "", slot)
 
 
-def _identifiers(text: str) -> list[str]:
-    return string.Template(text).get_identifiers()
-
-
 class Filler:
-    """Draws pool slot values for one pair, distinct within a pool, from a seeded `random.Random`."""
+    """Draws pool slot values for one pair, distinct within a pool, from a seeded `random.Random`.
+
+    Every value is fully resolved before it is inserted, and a text is substituted in one pass, so
+    an inserted value can never run into the text after it and form a different slot name.
+    """
+
+    # Pool values may contain slots (a loop header with `$var`); deeper nesting is a pool bug.
+    MAX_DEPTH = 4
 
     def __init__(self, rng: random.Random, pools: Mapping[str, tuple[str, ...]]):
         self.rng = rng
         self.pools = pools
         self.values: dict[str, str] = {}
 
-    def fill(self, text: str) -> str:
-        """`text` with every pool slot replaced (slots inside drawn values are filled too)."""
-        # A drawn value may contain slots itself (a statement with `$ind`), so repeat until none is
-        # left; pools are shallow, so this ends after a couple of rounds.
-        for _ in range(4):
-            names = [n for n in _identifiers(text) if n != ANSWER_SLOT]
-            if not names:
-                return text
-            for slot in names:
-                self._draw(slot)
-            text = string.Template(text).safe_substitute(self.values)
-        raise TaskError(f"template slots nest too deeply: {text!r}")
+    def fill(self, text: str, fixed: Mapping[str, str] | None = None, depth: int = 0) -> str:
+        """`text` with each slot replaced by `fixed[slot]` if given, else by its pool value.
 
-    def _draw(self, slot: str) -> None:
-        if slot in self.values:
-            return
-        pool = self.pools.get(_pool_name(slot))
-        if pool is None:
-            raise TaskError(f"template slot ${slot} has no pool; pools: {', '.join(sorted(self.pools))}")
-        taken = {v for k, v in self.values.items() if _pool_name(k) == _pool_name(slot)}
-        free = [v for v in pool if v not in taken]
-        if not free:
-            raise TaskError(f"pool {_pool_name(slot)!r} has too few values for slot ${slot}")
-        self.values[slot] = self.rng.choice(free)
+        The answer slot is left in place as `${answer}`.
+        """
+        fixed = fixed or {}
+        mapping = {ANSWER_SLOT: "${" + ANSWER_SLOT + "}"}
+        for slot in string.Template(text).get_identifiers():
+            if slot != ANSWER_SLOT:
+                mapping[slot] = fixed[slot] if slot in fixed else self.value(slot, depth)
+        try:
+            return string.Template(text).substitute(mapping)
+        except ValueError as e:  # a stray `$` the Template syntax cannot parse
+            raise TaskError(f"bad template text {text!r}: {e}") from e
+
+    def value(self, slot: str, depth: int = 0) -> str:
+        """The resolved value of a pool slot, drawn the first time it is asked for."""
+        if slot not in self.values:
+            if depth >= self.MAX_DEPTH:
+                raise TaskError(f"slot ${slot}: pool values nest more than {self.MAX_DEPTH} deep")
+            pool_name = _pool_name(slot)
+            pool = self.pools.get(pool_name)
+            if pool is None:
+                raise TaskError(f"template slot ${slot} has no pool; pools: "
+                                f"{', '.join(sorted(self.pools))}")
+            taken = {v for k, v in self.values.items() if _pool_name(k) == pool_name}
+            free = [v for v in pool if self.fill(v, depth=depth + 1) not in taken] if taken else pool
+            if not free:
+                raise TaskError(f"pool {pool_name!r} has too few values for slot ${slot}")
+            self.values[slot] = self.fill(self.rng.choice(free), depth=depth + 1)
+        return self.values[slot]
 
 
 class TemplateTask(BinaryTask):
@@ -177,12 +204,16 @@ class TemplateTask(BinaryTask):
 
     Each pair picks a template at random, fills the pool slots once, and renders it once per side;
     so the two prompts differ only in the side slots and the answers are swapped by construction.
+    Before the template come 0 to `max_preamble` filler lines (`$stmt` or `# $comment`) at the
+    indentation of its first line, the same for both prompts, so prompts vary in length and
+    surroundings beyond what the templates spell out.
     """
 
     sides: ClassVar[tuple[Side, Side]]
     prune_templates: ClassVar[tuple[str, ...]]
     heldout_templates: ClassVar[tuple[str, ...]]
     pools: ClassVar[Mapping[str, tuple[str, ...]]] = POOLS
+    max_preamble: ClassVar[int] = 4
     # A pair is redrawn this many times at most to avoid repeating one already drawn.
     max_redraws: ClassVar[int] = 20
 
@@ -208,17 +239,26 @@ class TemplateTask(BinaryTask):
 
     def render(self, template: str, rng: random.Random) -> PromptPair:
         """The pair one template gives with the pool values drawn from `rng`."""
+        if "${" + ANSWER_SLOT + "}" not in template:
+            raise TaskError(f"task {self.name}: template has no ${{{ANSWER_SLOT}}} slot: {template!r}")
         filler = Filler(rng, self.pools)
-        examples = []
         rendered = []
         for side in self.sides:
-            text = string.Template(template).safe_substitute(side.slots)
-            rendered.append((filler.fill(text), filler.fill(side.answer)))
+            slots = {k: filler.fill(v) for k, v in side.slots.items()}
+            text = filler.fill(template, slots).replace("${" + ANSWER_SLOT + "}", _CUT)
+            rendered.append((text, filler.fill(side.answer)))
+        preamble = self._preamble(rendered[0][0], rng)
+        examples = []
         for i, (text, answer) in enumerate(rendered):
-            other_answer = rendered[1 - i][1]
-            prompt, sep, continuation = text.partition("${" + ANSWER_SLOT + "}")
-            if not sep:
-                raise TaskError(f"task {self.name}: template has no ${{{ANSWER_SLOT}}} slot: "
-                                f"{template!r}")
-            examples.append(Example(prompt, answer, other_answer, continuation))
+            prompt, _, continuation = text.partition(_CUT)
+            if answer.endswith("\n") and continuation.startswith("\n"):
+                continuation = continuation[1:]  # the answer is the template's line break
+            examples.append(Example(preamble + prompt, answer, rendered[1 - i][1], continuation))
         return PromptPair(*examples)
+
+    def _preamble(self, text: str, rng: random.Random) -> str:
+        """0 to max_preamble distinct filler lines indented like the first line of `text`."""
+        indent = text[:len(text) - len(text.lstrip(" "))]
+        lines = POOLS["stmt"] + tuple(f"# {c}" for c in POOLS["comment"])
+        picked = rng.sample(lines, rng.randint(0, self.max_preamble))
+        return "".join(f"{indent}{line}\n" for line in picked)

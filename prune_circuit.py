@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Extract, validate and save the circuit a trained model uses for a task.
+
+    python prune_circuit.py --checkpoint runs/cpu-small --task single_double_quote
+    python prune_circuit.py --checkpoint runs/cpu-small --task all --out runs/cpu-small/circuits
+    python prune_circuit.py --checkpoint path/to/openai_model_dir --task bracket_counting
+
+Writes OUT/<task>/circuit.json (nodes, edges, calibration, bisection curve, validation metrics) and
+prints a table: full-model loss and accuracy, circuit loss, nodes, edges, necessity, random baseline.
+"""
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.prune.circuit import CircuitError
+from sparse_gpt.prune.extract import CircuitPipeline, geometric_mean, load_for_pruning, resolve_device
+from sparse_gpt.prune.pruner import PruneConfig, TargetUnreachableError
+from sparse_gpt.tasks import list_tasks
+from sparse_gpt.tasks.base import TaskError
+
+
+def parse_args(argv=None):
+    d = PruneConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
+    p.add_argument("--task", required=True, help="task name, or 'all' for every task (see python -m sparse_gpt.tasks list)")
+    p.add_argument("--out", help="output directory (default: <checkpoint run>/circuits); one subdirectory per task")
+    p.add_argument("--target-loss", type=float, default=d.target_loss, help="task loss the circuit must meet")
+    p.add_argument("--ablation", choices=["mean", "zero"], default=d.ablation, help="what a pruned node carries")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
+    p.add_argument("--mask", choices=["heaviside", "hard_concrete"], default=d.mask,
+                   help="mask type: the paper's Heaviside + surrogate gradient, or hard-concrete with a Lagrangian size target")
+    p.add_argument("--target-size", type=int, default=d.target_size, help="nodes the hard-concrete Lagrangian aims for")
+    p.add_argument("--tie-qk", action="store_true", help="one mask for each q channel and its k channel")
+    p.add_argument("--freeze-norms", action="store_true",
+                   help="freeze every RMSNorm's scale at the unpruned model's (larger, more faithful circuits)")
+    p.add_argument("--natural-frac", type=float, default=d.natural_frac,
+                   help="share of each pruning batch taken from natural examples mined from held-out code")
+    p.add_argument("--steps", type=int, default=d.steps, help="mask optimisation steps per run")
+    p.add_argument("--k-coef", type=float, default=d.k_coef, help="starting weight of the node-count penalty")
+    p.add_argument("--lr", type=float, default=d.lr, help="mask learning rate")
+    p.add_argument("--search-runs", type=int, default=d.search_runs, help="mask runs in the k_coef/lr/seed search")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed for prompts and masks")
+    p.add_argument("--no-control", action="store_true", help="skip the nonsense-task control")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return p.parse_args(argv)
+
+
+def fmt(x, spec=".3f"):
+    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def print_table(rows: list[dict]) -> None:
+    head = ["task", "full loss", "full acc", "circuit loss", "nodes", "edges", "necessity", "random",
+            "natural acc (full/circ)", "passed"]
+    lines = [head]
+    for r in rows:
+        m = r["metrics"]
+        nat = (f"{m['full_natural']['accuracy']:.2f}/{m['circuit_natural']['accuracy']:.2f}"
+               if "full_natural" in m else "-")
+        lines.append([r["task"], fmt(m["full_templated"]["loss"]), fmt(m["full_templated"]["accuracy"], ".2f"),
+                      fmt(m["circuit_templated"]["loss"]), str(m["nodes"]), str(m["edges"]),
+                      fmt(m["necessity"]["loss"]), fmt(m["random"]["mean"]), nat,
+                      "yes" if m["passed"] else "NO"])
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+    for j, l in enumerate(lines):
+        print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(l, widths))))
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    names = [n for n in list_tasks() if n != "nonsense_quote"] if args.task == "all" else [args.task]
+    cfg = PruneConfig(target_loss=args.target_loss, ablation=args.ablation, mask=args.mask,
+                      target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
+                      natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
+                      search_runs=args.search_runs, seed=args.seed)
+    try:
+        from sparse_gpt.tasks import get_task
+        for n in names:
+            get_task(n)  # unknown names fail before any work
+        device = resolve_device(args.device)
+        loaded = load_for_pruning(args.checkpoint, device)
+        run_dir = loaded.path.parent.parent if loaded.kind == "sparse_gpt" else loaded.path
+        out = Path(args.out) if args.out else run_dir / "circuits"
+        pipeline = CircuitPipeline(loaded, cfg, device)
+    except (CheckpointError, CircuitError, TaskError, KeyError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    rows, failed = [], []
+    for name in names:
+        try:
+            circuit = pipeline.extract(name, out / name, progress=not args.no_progress,
+                                       with_control=not args.no_control)
+        except (TargetUnreachableError, TaskError) as e:
+            print(f"{name}: skipped: {e}", file=sys.stderr)
+            failed.append(name)
+            continue
+        rows.append({"task": name, "metrics": circuit["metrics"]})
+        m = circuit["metrics"]
+        print(f"{name}: {m['nodes']} nodes, {m['edges']} edges, circuit loss {m['circuit_templated']['loss']:.3f} "
+              f"({m['seconds']:.0f} s) -> {out / name / 'circuit.json'}", file=sys.stderr)
+    if rows:
+        print_table(rows)
+    if len(rows) > 1:
+        print(f"geometric mean of edges over {len(rows)} tasks: {geometric_mean([r['metrics']['edges'] for r in rows]):.1f}")
+    if rows and "control" in rows[0]["metrics"]:
+        c = rows[0]["metrics"]["control"]
+        print(f"control ({c['task']}): {c['nodes']} nodes, loss {c['loss']:.3f} "
+              f"(full model {c['full_loss']:.3f}){'' if c['reached_target'] else ', target not reached'}")
+    if failed:
+        print(f"no circuit for: {', '.join(failed)} (full model above the target loss, or task unusable)")
+    return 0 if rows else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Natural task examples mined from real Python source (held-out text, not templates).
+
+Templated prompts are clean by construction; real code is not. A circuit that only works on
+templates (METHOD.md section 6: the prototype's pruned quote circuit was at chance on natural
+quote openings) is caught by scoring it on examples cut out of real files:
+
+- quotes: a one-line string literal; the prompt is the code before its closing quote.
+- brackets: a list literal's `]`; the answer is another `]` if a list is still open, else the
+  newline that ends the statement (bracket_counting's rephrasing, see that task).
+
+Python's own `tokenize` finds the literals and brackets, so strings inside comments, docstrings or
+other strings never count. Both answer classes are sampled equally (real code has many more `'`
+than `"` strings, and many more flat lists than nested ones), deterministically from the seed.
+"""
+from __future__ import annotations
+
+import io
+import keyword
+import random
+import re
+import tokenize
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from tokenizers import Tokenizer
+
+from sparse_gpt.tokenizer import encode
+
+from .base import Example, boundary_problem
+
+# The prompt is at most this many characters of source before the cut (whole lines where
+# possible): about 100 tokens of code for a 2048-token BPE, so it fits a 128-token context.
+MAX_PROMPT_CHARS = 300
+MAX_PROMPT_TOKENS = 110
+# Candidates kept per answer class before validation, as a multiple of the number wanted.
+OVERSAMPLE = 4
+
+QUOTES = ('"', "'")
+# Tokens after which `[` is an index or a slice, not a list literal.
+_SUBSCRIPTABLE_ENDS = (tokenize.NAME, tokenize.NUMBER, tokenize.STRING)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """A cut point in one text: prompt = text[start:cut], then the answer, then the rest of the line."""
+
+    text: str
+    start: int
+    cut: int
+    answer: str
+    alternative: str
+
+    def example(self) -> Example:
+        after = self.cut + len(self.answer)
+        line_end = self.text.find("\n", after + 1)
+        end = len(self.text) if line_end < 0 else line_end + 1
+        return Example(self.text[self.start:self.cut], self.answer, self.alternative,
+                       self.text[after:end])
+
+
+class _Reservoir:
+    """A uniform sample of at most `k` items from a stream of unknown length (Algorithm R)."""
+
+    def __init__(self, k: int, rng: random.Random):
+        self.k, self.rng, self.seen, self.items = k, rng, 0, []
+
+    def add(self, item: _Candidate) -> None:
+        self.seen += 1
+        if len(self.items) < self.k:
+            self.items.append(item)
+        else:
+            j = self.rng.randrange(self.seen)
+            if j < self.k:
+                self.items[j] = item
+
+
+def _python_tokens(text: str) -> list[tokenize.TokenInfo] | None:
+    """Python's tokens of `text`, or None for text that is not valid Python 3 source."""
+    try:
+        return list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return None
+
+
+def _line_starts(text: str) -> list[int]:
+    """Offset of the start of each line (1-based rows as in tokenize: row r starts at [r - 1])."""
+    # tokenize reads lines split on "\n" only, so other line breaks must not count here.
+    return [0] + [m.end() for m in re.finditer("\n", text)]
+
+
+def _inside_strings(tokens: list[tokenize.TokenInfo]) -> set[int]:
+    """Rows that begin inside a multi-line string: a prompt must not start there."""
+    rows: set[int] = set()
+    for tok in tokens:
+        if tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+            rows.update(range(tok.start[0] + 1, tok.end[0] + 1))
+    return rows
+
+
+def _window_start(starts: list[int], cut_row: int, cut: int, bad_rows: set[int]) -> int | None:
+    """Where the prompt for a cut on `cut_row` begins: the earliest line start that keeps the prompt
+    within MAX_PROMPT_CHARS and is not inside a multi-line string, or mid-line if even the cut's
+    own line is longer than that; None if the cut's line itself begins inside a string."""
+    if cut_row in bad_rows:
+        return None
+    row = cut_row
+    while row > 1 and cut - starts[row - 2] <= MAX_PROMPT_CHARS and (row - 1) not in bad_rows:
+        row -= 1
+    start = starts[row - 1]
+    return start if cut - start <= MAX_PROMPT_CHARS else cut - MAX_PROMPT_CHARS
+
+
+def _quote_candidates(text: str) -> Iterator[_Candidate]:
+    """One candidate per one-line, unprefixed, non-empty string literal without escapes or quotes
+    inside: the cut is its closing quote."""
+    tokens = _python_tokens(text)
+    if tokens is None:
+        return
+    starts = _line_starts(text)
+    bad_rows = _inside_strings(tokens)
+    for tok in tokens:
+        s = tok.string
+        if tok.type != tokenize.STRING or tok.start[0] != tok.end[0] or s[0] not in QUOTES:
+            continue  # prefixed (f, r, b, u) and multi-line strings are left out
+        body = s[1:-1]
+        if not body or s[:3] in ('"""', "'''") or "\\" in body or any(q in body for q in QUOTES):
+            continue
+        cut = starts[tok.end[0] - 1] + tok.end[1] - 1
+        start = _window_start(starts, tok.start[0], cut, bad_rows)
+        if start is not None:
+            yield _Candidate(text, start, cut, s[0], QUOTES[1 - QUOTES.index(s[0])])
+
+
+def _bracket_candidates(text: str) -> Iterator[_Candidate]:
+    """One candidate per `]` closing a list literal that is followed at once by `]` closing another
+    list literal (answer `]`) or by the end of a statement whose brackets are all closed, with a
+    non-blank next line (answer `\\n`)."""
+    tokens = _python_tokens(text)
+    if tokens is None:
+        return
+    starts = _line_starts(text)
+    bad_rows = _inside_strings(tokens)
+    stack: list[tuple[str, bool]] = []  # open brackets: (char, is a list literal)
+    prev: tokenize.TokenInfo | None = None
+    for i, tok in enumerate(tokens):
+        if tok.type == tokenize.OP and tok.string in "([{":
+            stack.append((tok.string, tok.string == "[" and _starts_literal(prev)))
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            if not stack:
+                return  # unbalanced: give up on this text
+            _, was_literal = stack.pop()
+            if tok.string == "]" and was_literal:
+                cut = starts[tok.end[0] - 1] + tok.end[1]
+                answer = _after_list(text, cut, tokens[i + 1] if i + 1 < len(tokens) else None,
+                                     stack)
+                start = _window_start(starts, tok.start[0], cut, bad_rows)
+                if answer is not None and start is not None:
+                    yield _Candidate(text, start, cut, answer, "\n" if answer == "]" else "]")
+        if tok.type not in (tokenize.NL, tokenize.COMMENT):
+            prev = tok
+
+
+def _starts_literal(prev: tokenize.TokenInfo | None) -> bool:
+    """Whether a `[` after `prev` opens a list literal (not an index or slice)."""
+    if prev is None:
+        return True
+    if prev.type == tokenize.NAME:
+        return keyword.iskeyword(prev.string) and prev.string not in ("True", "False", "None")
+    if prev.type in _SUBSCRIPTABLE_ENDS:
+        return False
+    return not (prev.type == tokenize.OP and prev.string in ")]}")
+
+
+def _after_list(text: str, cut: int, nxt: tokenize.TokenInfo | None,
+                stack: list[tuple[str, bool]]) -> str | None:
+    """The answer after a list literal's `]` ending at `cut`, or None if it is not a clean case."""
+    if text.startswith("]", cut):
+        if nxt is not None and nxt.string == "]" and stack and stack[-1][1]:
+            return "]"
+        return None
+    # A statement that ends right after the list, followed by a line of code (a blank line would
+    # make the next token "\n\n", not "\n").
+    if not stack and text.startswith("\n", cut):
+        line_end = text.find("\n", cut + 1)
+        if text[cut + 1:line_end if line_end >= 0 else len(text)].strip():
+            return "\n"
+    return None
+
+
+def _sample(candidates: Iterator[_Candidate], answers: tuple[str, str], n: int, seed: int,
+            tokenizer: Tokenizer | None) -> list[Example]:
+    """Up to `n` examples, half per answer, valid for `tokenizer` when one is given."""
+    rng = random.Random(seed)
+    want = {a: (n + 1 - i) // 2 for i, a in enumerate(answers)}  # answers[0] gets the odd one
+    pools = {a: _Reservoir(OVERSAMPLE * want[a] + 8, rng) for a in answers}
+    for cand in candidates:
+        pools[cand.answer].add(cand)
+    chosen: dict[str, list[Example]] = {a: [] for a in answers}
+    for a in answers:
+        items = list(pools[a].items)
+        rng.shuffle(items)
+        for cand in items:
+            if len(chosen[a]) == want[a]:
+                break
+            ex = _fit(cand.example(), tokenizer)
+            if ex is not None:
+                chosen[a].append(ex)
+    # Interleave the classes so any prefix of the list is balanced too.
+    out = [ex for pair in zip(*chosen.values()) for ex in pair]
+    longer = max(chosen.values(), key=len)
+    return (out + longer[len(out) // 2:])[:n]
+
+
+def _fit(ex: Example, tokenizer: Tokenizer | None) -> Example | None:
+    """`ex` with leading lines dropped until it has at most MAX_PROMPT_TOKENS tokens, or None if
+    the answer is not the next token for `tokenizer` (no checks without a tokenizer)."""
+    if tokenizer is None:
+        return ex
+    while len(encode(tokenizer, ex.prompt)) > MAX_PROMPT_TOKENS:
+        newline = ex.prompt.find("\n")
+        if newline < 0:
+            return None
+        ex = Example(ex.prompt[newline + 1:], ex.answer, ex.alternative, ex.continuation)
+    return ex if boundary_problem(tokenizer, ex) is None else None
+
+
+def _all(texts: Iterable[str], find) -> Iterator[_Candidate]:
+    for text in texts:
+        yield from find(text)
+
+
+def mine_quote_examples(texts: Iterable[str], n: int, seed: int,
+                        tokenizer: Tokenizer | None = None) -> list[Example]:
+    """single_double_quote examples from real code: the prompt runs up to a closing quote.
+
+    The whole of `texts` is scanned (pass held-out source, not training text). With a tokenizer,
+    only examples whose closing quote is the next token are kept. Half the examples close with `"`.
+    """
+    return _sample(_all(texts, _quote_candidates), QUOTES, n, seed, tokenizer)
+
+
+def mine_bracket_examples(texts: Iterable[str], n: int, seed: int,
+                          tokenizer: Tokenizer | None = None) -> list[Example]:
+    """bracket_counting examples from real code: the prompt runs up to a list literal's `]`.
+
+    The answer is `]` when a list literal closes right after it, `\\n` when the statement ends
+    there. Half the examples answer `]`. See mine_quote_examples for `texts` and `tokenizer`.
+    """
+    return _sample(_all(texts, _bracket_candidates), ("]", "\n"), n, seed, tokenizer)

@@ -1,0 +1,211 @@
+"""Tests for sparse_gpt.data: the token cache (build, reuse, invalidation, crash safety) and
+batch sampling."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparse_gpt import data as data_mod
+from sparse_gpt.config import DataConfig
+from sparse_gpt.corpus import DataError, collect_corpus
+from sparse_gpt.data import get_batch, prepare_data, random_offsets, unigram_loss
+from sparse_gpt.tokenizer import EOT, decode
+
+
+@pytest.fixture(scope="module")
+def stdlib_files(tmp_path_factory) -> Path:
+    """A copy of the first ~300 KB of real stdlib files (in sorted order), as a files corpus."""
+    src = tmp_path_factory.mktemp("stdlib_copy")
+    stdlib = collect_corpus(DataConfig(source="stdlib", max_bytes=300_000))
+    root = Path(stdlib.roots[0])
+    for doc in stdlib.documents:
+        dest = src / doc.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / doc.name, dest)
+    return src
+
+
+def make_cfg(src: Path, cache: Path, **kw) -> DataConfig:
+    return DataConfig(source="files", path=str(src), cache_dir=str(cache), vocab_size=512,
+                      tokenizer_train_bytes=150_000, val_fraction=0.2, **kw)
+
+
+class Log(list):
+    def __call__(self, line: str) -> None:
+        self.append(line)
+
+    def has(self, text: str) -> bool:
+        return any(text in line for line in self)
+
+
+def test_prepare_builds_a_complete_cache(stdlib_files, tmp_path):
+    log = Log()
+    d = prepare_data(make_cfg(stdlib_files, tmp_path), log=log)
+    assert log.has("trained tokenizer")
+    for name in ("train.bin", "val.bin", "tokenizer.json", "manifest.json", "meta.json"):
+        assert (d.dir / name).is_file(), name
+    assert not [p for p in d.dir.iterdir() if p.name.endswith(".tmp")]
+    assert d.train.dtype == np.uint16 and d.val.dtype == np.uint16
+    assert not d.train.flags.writeable
+    assert d.vocab_size == 512 and d.eot_id == 0
+    assert int(d.train.max()) < d.vocab_size
+    assert len(d.manifest_hash) == 64 and len(d.tokenizer_hash) == 64
+    assert d.tokenizer_path == d.dir / "tokenizer.json"
+
+    # The train stream is exactly EOT + text of every train document, in name order.
+    corpus = collect_corpus(make_cfg(stdlib_files, tmp_path))
+    train_docs = corpus.split("train")
+    expected = "".join(EOT + corpus.read(doc) for doc in train_docs)
+    assert decode(d.tokenizer, d.train.tolist()) == expected
+    assert int((d.train == d.eot_id).sum()) == len(train_docs)
+    assert int((d.val == d.eot_id).sum()) == len(corpus.split("val"))
+
+
+def test_second_call_reuses_the_cache(stdlib_files, tmp_path):
+    cfg = make_cfg(stdlib_files, tmp_path)
+    first = prepare_data(cfg, log=Log())
+    mtimes = {p.name: p.stat().st_mtime_ns for p in first.dir.iterdir()}
+    log = Log()
+    second = prepare_data(cfg, log=log)
+    assert log.has("reusing cache") and not log.has("trained tokenizer")
+    assert {p.name: p.stat().st_mtime_ns for p in second.dir.iterdir()} == mtimes
+    assert second.dir == first.dir
+    assert np.array_equal(second.train, first.train)
+    assert second.tokenizer_hash == first.tokenizer_hash
+
+
+def test_changed_corpus_invalidates_the_cache(stdlib_files, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(stdlib_files, src)
+    first = prepare_data(make_cfg(src, tmp_path / "cache"), log=Log())
+    victim = sorted(src.rglob("*.py"))[0]
+    victim.write_text(victim.read_text() + "\nadded = 'line'\n")
+    log = Log()
+    second = prepare_data(make_cfg(src, tmp_path / "cache"), log=log)
+    assert log.has("trained tokenizer")
+    assert second.manifest_hash != first.manifest_hash
+    assert second.dir != first.dir
+    # Tokenizer settings are part of the key too.
+    third = prepare_data(make_cfg(src, tmp_path / "cache", isolate_brackets=False), log=Log())
+    assert third.dir not in (first.dir, second.dir)
+
+
+def test_damaged_cache_is_rebuilt(stdlib_files, tmp_path):
+    cfg = make_cfg(stdlib_files, tmp_path)
+    first = prepare_data(cfg, log=Log())
+    n_train = len(first.train)
+    with open(first.dir / "train.bin", "r+b") as f:
+        f.truncate(10)
+    log = Log()
+    again = prepare_data(cfg, log=log)
+    assert log.has("stale or damaged") and log.has("train.bin")
+    # The tokenizer.json was intact and keyed by the same corpus, so it is reused, not retrained.
+    assert log.has("reusing tokenizer") and not log.has("trained tokenizer")
+    assert len(again.train) == n_train
+
+
+def test_edited_tokenizer_is_retrained_not_reused(stdlib_files, tmp_path):
+    cfg = make_cfg(stdlib_files, tmp_path)
+    first = prepare_data(cfg, log=Log())
+    path = first.tokenizer_path
+    path.write_text(path.read_text().replace('"ByteLevel"', '"ByteLevel" '))  # still loads
+    log = Log()
+    again = prepare_data(cfg, log=log)
+    assert log.has("stale or damaged") and log.has("trained tokenizer")
+    assert again.tokenizer_hash == first.tokenizer_hash  # training is deterministic
+
+
+def test_killed_build_is_never_trusted(stdlib_files, tmp_path, monkeypatch):
+    cfg = make_cfg(stdlib_files, tmp_path)
+    real_write = data_mod._write_tokens
+
+    def crash_on_val(path, *args, **kw):
+        if path.name == "val.bin":
+            raise KeyboardInterrupt("simulated kill")
+        return real_write(path, *args, **kw)
+
+    monkeypatch.setattr(data_mod, "_write_tokens", crash_on_val)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_data(cfg, log=Log())
+    d = data_mod.cache_dir_for(cfg, collect_corpus(cfg).manifest_hash())
+    assert (d / "train.bin").is_file() and not (d / "meta.json").exists()
+    monkeypatch.setattr(data_mod, "_write_tokens", real_write)
+    log = Log()
+    data = prepare_data(cfg, log=log)
+    assert not log.has("reusing cache")
+    assert (d / "meta.json").is_file() and len(data.val) > 0
+
+
+def test_tokenizers_parallelism_false_is_overridden_then_restored(stdlib_files, tmp_path,
+                                                                  monkeypatch):
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    log = Log()
+    prepare_data(make_cfg(stdlib_files, tmp_path), log=log)
+    assert log.has("TOKENIZERS_PARALLELISM")
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+
+
+def test_tiny_corpus_error_names_the_counts(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.py").write_text("x = 1\n")
+    (src / "b.py").write_text("y = 2\n")
+    with pytest.raises(DataError, match=r"train split .* has \d+ tokens, fewer than block_size \+ 2 = 258"):
+        prepare_data(make_cfg(src, tmp_path / "cache"), log=Log(), block_size=256)
+    with pytest.raises(DataError, match="fewer than block_size"):
+        random_offsets(10, 16, 4, seed=(0,))
+
+
+def test_offsets_are_deterministic_and_in_range():
+    n, T = 1000, 64
+    a = random_offsets(n, T, 256, seed=(1, 5, 0, 0))
+    b = random_offsets(n, T, 256, seed=(1, 5, 0, 0))
+    c = random_offsets(n, T, 256, seed=(1, 6, 0, 0))
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert a.dtype == np.int64 and a.shape == (256,)
+    assert a.min() >= 0 and a.max() <= n - T - 1
+    # The extremes are reachable: on the smallest array both 0 and n - T - 1 come up.
+    small = random_offsets(T + 2, T, 200, seed=(3,))
+    assert set(small.tolist()) == {0, 1}
+    with pytest.raises(ValueError, match="non-negative"):
+        random_offsets(n, T, 4, seed=(-1,))
+
+
+def test_get_batch_shifts_targets_by_one():
+    tokens = np.arange(100, dtype=np.uint16)
+    x, y = get_batch(tokens, np.array([0, 7, 99 - 16]), block_size=16)
+    assert x.dtype == torch.int64 and x.shape == (3, 16) and y.shape == (3, 16)
+    assert x[1].tolist() == list(range(7, 23))
+    assert torch.equal(y, x + 1)
+    assert y[2, -1].item() == 99
+    with pytest.raises(ValueError, match="offsets must lie in"):
+        get_batch(tokens, np.array([99 - 15]), block_size=16)
+
+
+def test_get_batch_on_a_prepared_memmap(stdlib_files, tmp_path):
+    d = prepare_data(make_cfg(stdlib_files, tmp_path), log=Log())
+    offs = random_offsets(len(d.train), 32, 8, seed=(0, 1, 0, 0))
+    x, y = get_batch(d.train, offs, 32)
+    assert x.shape == (8, 32)
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    assert x[0].tolist() == d.train[offs[0]:offs[0] + 32].tolist()
+
+
+def test_unigram_loss_is_sane(stdlib_files, tmp_path):
+    d = prepare_data(make_cfg(stdlib_files, tmp_path), log=Log())
+    loss = unigram_loss(d.train, d.val, d.vocab_size)
+    assert 0 < loss < math.log(d.vocab_size)
+    # Uniform data gives about log(V); a one-token stream costs almost nothing.
+    rng = np.random.default_rng(0)
+    uniform = rng.integers(0, 64, size=200_000).astype(np.uint16)
+    assert unigram_loss(uniform, uniform[:10_000], 64) == pytest.approx(math.log(64), abs=0.01)
+    same = np.zeros(10_000, dtype=np.uint16)
+    assert unigram_loss(same, same, 64) < 0.01
+    with pytest.raises(DataError, match=">= vocab_size"):
+        unigram_loss(uniform, uniform, 32)
