@@ -277,8 +277,8 @@ def _decode_state_dict(stored: dict[str, torch.Tensor], description: dict,
     return out
 
 
-def _safetensors_header(prefix: bytes, where: str) -> tuple[dict, int]:
-    """Parse the JSON header of a safetensors file; returns it and the header's byte length."""
+def _safetensors_header(prefix: bytes, where: str) -> dict:
+    """Parse the JSON header at the start of a safetensors file."""
     if len(prefix) < 8:
         raise CheckpointError(f"{where} is too short to be a safetensors file")
     (n,) = struct.unpack("<Q", prefix[:8])
@@ -290,7 +290,7 @@ def _safetensors_header(prefix: bytes, where: str) -> tuple[dict, int]:
         raise CheckpointError(f"{where} has an unreadable safetensors header: {exc}") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{where} has a safetensors header that is not a JSON object")
-    return header, 8 + n
+    return header
 
 
 def _description_from_header(header: dict, where: str) -> dict:
@@ -446,7 +446,7 @@ def verify_checkpoint(ckpt_dir: Path) -> dict:
 
 def _parse_model(data: bytes, ckpt_dir: Path, map_location: MapLocation) -> dict[str, torch.Tensor]:
     where = f"checkpoint {ckpt_dir}: {MODEL_FILE}"
-    header, _ = _safetensors_header(data, where)
+    header = _safetensors_header(data, where)
     description = _description_from_header(header, where)
     try:
         stored = safetensors.torch.load(data)
@@ -540,7 +540,7 @@ def checkpoint_size_report(ckpt_dir: Path) -> dict:
         prefix = f.read(8)
         if len(prefix) == 8:
             prefix += f.read(struct.unpack("<Q", prefix)[0])
-    header, _ = _safetensors_header(prefix, where)
+    header = _safetensors_header(prefix, where)
     description = _description_from_header(header, where)
     compact = description.get("compact", {})
     numel_total = dense_bytes = 0

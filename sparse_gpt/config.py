@@ -83,7 +83,7 @@ class DataConfig:
     val_fraction: float = 0.05      # share of files (by path hash) held out for validation
     max_bytes: Optional[int] = None  # cap on corpus size (files taken in sorted order)
     vocab_size: int = 2048
-    isolate_brackets: bool = True   # pre-tokenizer isolates quote and bracket runs (docs/design.md)
+    isolate_brackets: bool = True   # pre-tokenizer isolates quote and bracket runs (docs/design_data.md)
     tokenizer_train_bytes: int = 16_000_000  # BPE is trained on at most this much training text
     cache_dir: str = ".cache/sparse_gpt"
 

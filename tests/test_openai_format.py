@@ -278,7 +278,8 @@ def test_harmless_fields_and_old_spellings():
     assert (cfg.d_model, cfg.d_head, cfg.mlp_width) == (64, 16, 256) and "n_embd" not in ignored
     # absent fields take GPTConfig's defaults (afrac null: dense activations)
     cfg, _ = config_from_openai({"vocab_size": 2048, "n_layer": 1, "n_head": 4, "d_model": 64})
-    assert (cfg.block_size, cfg.norm, cfg.bias, cfg.afrac, cfg.attn_sink) == (1024, "layer", True, None, False)
+    assert (cfg.block_size, cfg.norm, cfg.bias, cfg.afrac, cfg.attn_sink) == (
+        1024, "layer", True, None, False)
 
 
 @pytest.mark.parametrize("changes, field", [
@@ -304,6 +305,10 @@ def test_afrac_locations_map_both_ways():
         assert config_from_openai(config_to_openai(cfg))[0].afrac_locations == locs
     # an inert afrac_loctypes (afrac null) is not checked, as in their model
     assert config_from_openai(_raw(afrac=None, afrac_loctypes="resid_post_attn"))[0].afrac is None
+    # their model skips a name it does not know, so we warn and skip it too
+    with pytest.warns(UserWarning, match="attn_y"):
+        cfg, _ = config_from_openai(_raw(afrac_loctypes="attn_in,attn_y"))
+    assert cfg.afrac_locations == ["attn_in"]
 
 
 # ----- broken directories --------------------------------------------------------------------
@@ -322,15 +327,19 @@ def test_missing_files_are_named(tmp_path, tok_dir):
         load_openai_model(tmp_path / "nowhere")
 
 
+def _rename(old: str, new: str):
+    return lambda sd: sd.update({new: sd.pop(old)})
+
+
 def test_missing_or_renamed_tensor_is_named(tmp_path, tok_dir):
     _, d = _save(tmp_path, small_config(), tok_dir)
-    _rewrite_weights(d, lambda sd: sd.update({"transformer.h.1.mlp.fc.bias": sd.pop("transformer.h.1.mlp.c_fc.bias")}))
+    _rewrite_weights(d, _rename("transformer.h.1.mlp.c_fc.bias", "transformer.h.1.mlp.fc.bias"))
     with pytest.raises(OpenAIFormatError, match=r"missing tensors \['transformer.h.1.mlp.c_fc.bias'\]"
                                                 r".*unexpected tensors \['transformer.h.1.mlp.fc.bias'\]"):
         load_openai_model(d)
     # our own sink name is not theirs
     _, d = _save(tmp_path, small_config(), tok_dir, name="sink")
-    _rewrite_weights(d, lambda sd: sd.update({"transformer.h.0.attn.sink_logit": sd.pop("transformer.h.0.attn.attn_imp.sink_logit")}))
+    _rewrite_weights(d, _rename("transformer.h.0.attn.attn_imp.sink_logit", "transformer.h.0.attn.sink_logit"))
     with pytest.raises(OpenAIFormatError, match="transformer.h.0.attn.attn_imp.sink_logit"):
         load_openai_model(d)
 
@@ -390,6 +399,14 @@ def test_tokenizer_missing_or_broken_files(tmp_path, tok_dir):
     (tmp_path / "encoder.json").write_text(json.dumps({"a": 0}))
     with pytest.raises(OpenAIFormatError, match="do not fit together"):
         load_openai_tokenizer(tmp_path)
+
+
+def test_writer_takes_a_vocab_and_merges_pair(source_tokenizer, tok_dir, tmp_path):
+    model = json.loads(source_tokenizer.to_str())["model"]
+    vocab = {**model["vocab"], EOT: 2047}
+    write_openai_tokenizer_files((vocab, [tuple(m) for m in model["merges"]]), tmp_path)
+    for name in ("vocab.bpe", "encoder.json"):
+        assert (tmp_path / name).read_bytes() == (tok_dir / name).read_bytes()
 
 
 def test_writer_refuses_ids_outside_the_data_gym_layout(tmp_path):

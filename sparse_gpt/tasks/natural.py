@@ -5,8 +5,8 @@ templates (METHOD.md section 6: the prototype's pruned quote circuit was at chan
 quote openings) is caught by scoring it on examples cut out of real files:
 
 - quotes: a one-line string literal; the prompt is the code before its closing quote.
-- brackets: a list literal's `]`; the answer is another `]` if a list is still open, else the
-  newline that ends the statement (bracket_counting's rephrasing, see that task).
+- brackets: a `]`; the answer is another `]` if a bracket is still open and closes at once, else
+  the newline that ends the statement (bracket_counting's rephrasing, see that task).
 
 Python's own `tokenize` finds the literals and brackets, so strings inside comments, docstrings or
 other strings never count. Both answer classes are sampled equally (real code has many more `'`
@@ -15,7 +15,6 @@ than `"` strings, and many more flat lists than nested ones), deterministically 
 from __future__ import annotations
 
 import io
-import keyword
 import random
 import re
 import tokenize
@@ -36,8 +35,6 @@ MAX_PROMPT_TOKENS = 110
 OVERSAMPLE = 4
 
 QUOTES = ('"', "'")
-# Tokens after which `[` is an index or a slice, not a list literal.
-_SUBSCRIPTABLE_ENDS = (tokenize.NAME, tokenize.NUMBER, tokenize.STRING)
 
 
 @dataclass(frozen=True)
@@ -132,55 +129,41 @@ def _quote_candidates(text: str) -> Iterator[_Candidate]:
 
 
 def _bracket_candidates(text: str) -> Iterator[_Candidate]:
-    """One candidate per `]` closing a list literal that is followed at once by `]` closing another
-    list literal (answer `]`) or by the end of a statement whose brackets are all closed, with a
-    non-blank next line (answer `\\n`)."""
+    """One candidate per `]` followed at once by another `]` (answer `]`), or by the end of a
+    statement whose brackets are all closed and a non-blank next line (answer `\\n`).
+
+    Any square bracket counts, list literal or subscript: real code nests list literals too rarely
+    (a few per megabyte of the stdlib) for a sample, and the depth to track is the same.
+    """
     tokens = _python_tokens(text)
     if tokens is None:
         return
     starts = _line_starts(text)
     bad_rows = _inside_strings(tokens)
-    stack: list[tuple[str, bool]] = []  # open brackets: (char, is a list literal)
-    prev: tokenize.TokenInfo | None = None
-    for i, tok in enumerate(tokens):
-        if tok.type == tokenize.OP and tok.string in "([{":
-            stack.append((tok.string, tok.string == "[" and _starts_literal(prev)))
-        elif tok.type == tokenize.OP and tok.string in ")]}":
-            if not stack:
-                return  # unbalanced: give up on this text
-            _, was_literal = stack.pop()
-            if tok.string == "]" and was_literal:
-                cut = starts[tok.end[0] - 1] + tok.end[1]
-                answer = _after_list(text, cut, tokens[i + 1] if i + 1 < len(tokens) else None,
-                                     stack)
-                start = _window_start(starts, tok.start[0], cut, bad_rows)
-                if answer is not None and start is not None:
-                    yield _Candidate(text, start, cut, answer, "\n" if answer == "]" else "]")
-        if tok.type not in (tokenize.NL, tokenize.COMMENT):
-            prev = tok
+    depth = 0  # brackets of any kind open at this point
+    for tok in tokens:
+        if tok.type != tokenize.OP or tok.string not in "([{)]}":
+            continue
+        depth += 1 if tok.string in "([{" else -1
+        if depth < 0:
+            return  # unbalanced: give up on this text
+        if tok.string != "]":
+            continue
+        cut = starts[tok.end[0] - 1] + tok.end[1]
+        answer = _after_bracket(text, cut, depth)
+        start = _window_start(starts, tok.start[0], cut, bad_rows)
+        if answer is not None and start is not None:
+            yield _Candidate(text, start, cut, answer, "\n" if answer == "]" else "]")
 
 
-def _starts_literal(prev: tokenize.TokenInfo | None) -> bool:
-    """Whether a `[` after `prev` opens a list literal (not an index or slice)."""
-    if prev is None:
-        return True
-    if prev.type == tokenize.NAME:
-        return keyword.iskeyword(prev.string) and prev.string not in ("True", "False", "None")
-    if prev.type in _SUBSCRIPTABLE_ENDS:
-        return False
-    return not (prev.type == tokenize.OP and prev.string in ")]}")
-
-
-def _after_list(text: str, cut: int, nxt: tokenize.TokenInfo | None,
-                stack: list[tuple[str, bool]]) -> str | None:
-    """The answer after a list literal's `]` ending at `cut`, or None if it is not a clean case."""
+def _after_bracket(text: str, cut: int, depth: int) -> str | None:
+    """The answer after a `]` ending at `cut` with `depth` brackets still open, or None if it is
+    not a clean case."""
     if text.startswith("]", cut):
-        if nxt is not None and nxt.string == "]" and stack and stack[-1][1]:
-            return "]"
-        return None
-    # A statement that ends right after the list, followed by a line of code (a blank line would
+        return "]"
+    # A statement that ends right after the `]`, followed by a line of code (a blank line would
     # make the next token "\n\n", not "\n").
-    if not stack and text.startswith("\n", cut):
+    if depth == 0 and text.startswith("\n", cut):
         line_end = text.find("\n", cut + 1)
         if text[cut + 1:line_end if line_end >= 0 else len(text)].strip():
             return "\n"
@@ -241,9 +224,9 @@ def mine_quote_examples(texts: Iterable[str], n: int, seed: int,
 
 def mine_bracket_examples(texts: Iterable[str], n: int, seed: int,
                           tokenizer: Tokenizer | None = None) -> list[Example]:
-    """bracket_counting examples from real code: the prompt runs up to a list literal's `]`.
+    """bracket_counting examples from real code: the prompt runs up to a `]`.
 
-    The answer is `]` when a list literal closes right after it, `\\n` when the statement ends
+    The answer is `]` when another bracket closes right after it, `\\n` when the statement ends
     there. Half the examples answer `]`. See mine_quote_examples for `texts` and `tokenizer`.
     """
     return _sample(_all(texts, _bracket_candidates), ("]", "\n"), n, seed, tokenizer)

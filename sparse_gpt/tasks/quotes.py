@@ -146,48 +146,49 @@ class FstringBrace(TemplateTask):
     name = "fstring_brace"
     description = "open a {field} in an f-string print, close the string in a plain one"
     answers = ("{", '"')
-    sides = (Side("{", {"f": "f"}), Side('"', {"f": ""}))
+    # `rest` is how each line goes on: `{count}")` vs `", count)`.
+    sides = (Side("{", {"f": "f", "rest": '$var}"'}), Side('"', {"f": "", "rest": ", $var"}))
     pools = with_pools(label=("count", "total", "size", "name", "n", "value", "x", "result", "id",
                               "path", "error", "status", "step", "loss", "key", "elapsed"))
     prune_templates = (
         code("""
             $ind$stmt
-            ${ind}print(${f}"$label=${answer}$var)
+            ${ind}print(${f}"$label=${answer}${rest})
             """),
         code("""
-            ${ind}print(${f}"$text: ${answer}$var)
+            ${ind}print(${f}"$text: ${answer}${rest})
             """),
         code("""
             def $func($var):
-                print(${f}"$word ${answer}$var)
+                print(${f}"$word ${answer}${rest})
                 return $var
             """),
         code("""
             ${ind}for $var in $seq:
-            $ind    print(${f}"  $label=${answer}$var)
+            $ind    print(${f}"  $label=${answer}${rest})
             """),
         code("""
             ${ind}if $var is None:
-            $ind    print(${f}"no $word: ${answer}$var2)
+            $ind    print(${f}"no $word: ${answer}${rest})
             """),
         code("""
-            ${ind}print(${f}"$text ${answer}$var, file=sys.stderr)
+            ${ind}print(${f}"$text ${answer}${rest}, file=sys.stderr)
             """),
     )
     heldout_templates = (
         code("""
             ${ind}else:
-            $ind    print(${f}"$text ${answer}$var)
+            $ind    print(${f}"$text ${answer}${rest})
             """),
         code("""
-            ${ind}print(${f}"[$word] ${answer}$var)
+            ${ind}print(${f}"[$word] ${answer}${rest})
             """),
         code("""
             ${ind}print()
-            ${ind}print(${f}"Total $label: ${answer}$var)
+            ${ind}print(${f}"Total $label: ${answer}${rest})
             """),
         code("""
-            ${ind}print(${f}"$label -> ${answer}$var)
+            ${ind}print(${f}"$label -> ${answer}${rest})
             """),
     )
 
