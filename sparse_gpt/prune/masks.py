@@ -85,8 +85,15 @@ class HardConcreteMask(nn.Module):
         self.log_alpha = nn.Parameter(init_bias + init_noise * torch.randn(layout.n_nodes, generator=generator))
         # Lagrange multipliers, trained by gradient ascent (see flip_multiplier_grads_).
         self.lambdas = nn.Parameter(torch.zeros(2))
-        self.target_size = float(target_size)
+        self.final_size, self.n_nodes = float(target_size), float(layout.n_nodes)
+        self.target_size = self.n_nodes
         self.register_buffer("source", qk_source_index(layout, tie_qk), persistent=False)
+
+    def set_progress(self, frac: float) -> None:
+        """Lower the size target linearly from all nodes to the final size over the first half of
+        training: a target imposed at once collapses every gate before the task can pick any."""
+        ramp = min(1.0, frac / 0.5)
+        self.target_size = self.n_nodes - ramp * (self.n_nodes - self.final_size)
 
     def gates(self) -> torch.Tensor:
         if self.training:
@@ -106,7 +113,7 @@ class HardConcreteMask(nn.Module):
     def extra_losses(self) -> dict[str, torch.Tensor]:
         gap = self.expected_l0() - self.target_size
         lagrangian = self.lambdas[0] * gap + self.lambdas[1] * gap * gap
-        return {"lagrangian": lagrangian / max(1.0, self.target_size)}
+        return {"lagrangian": lagrangian / self.n_nodes}
 
     def flip_multiplier_grads_(self) -> None:
         """The masks minimise the Lagrangian, the multipliers maximise it: ascend on lambdas."""

@@ -191,7 +191,7 @@ class Pruner:
         self.heldout = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 1, split="prune"))
         self.natural = None
         if cfg.natural_frac > 0:
-            examples = task.natural_examples(natural_texts or [], n=cfg.pool_pairs, seed=cfg.seed)
+            examples = task.natural_examples(natural_texts or [], n=cfg.pool_pairs, seed=cfg.seed, tokenizer=tokenizer)
             if not examples:
                 raise ValueError(f"--natural-frac {cfg.natural_frac}: task {task.name} has no natural examples")
             self.natural = encode_examples(task, examples, tokenizer, block).to(device)
@@ -239,6 +239,8 @@ class Pruner:
         history = []
         bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
         for step in bar:
+            if isinstance(mask, HardConcreteMask):
+                mask.set_progress(step / steps)
             batch = self._sample(gen)
             gates = mask.gates()
             T = int(batch.lengths.max())

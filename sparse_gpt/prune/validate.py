@@ -67,7 +67,7 @@ def evaluate_circuit(model, circuit: dict, task: BinaryTask, tokenizer, means: t
     batches = {"templated": encode_pairs(task, task.pairs(n_pairs, seed, "prune"), tokenizer, block),
                "heldout": encode_pairs(task, task.pairs(n_pairs, seed, "heldout"), tokenizer, block)}
     if natural_texts:
-        examples = task.natural_examples(natural_texts, n=2 * n_pairs, seed=seed)
+        examples = task.natural_examples(natural_texts, n=2 * n_pairs, seed=seed, tokenizer=tokenizer)
         if examples:
             batches["natural"] = encode_examples(task, examples, tokenizer, block)
     batches = {k: b.to(device) for k, b in batches.items()}

@@ -16,8 +16,20 @@ from tokenizers import Tokenizer
 
 from sparse_gpt.tokenizer import load_tokenizer, token_strings
 
-from . import BinaryTask, Example, TaskBatch, TaskError, UnknownTaskError, get_task, list_tasks
-from .base import encode_examples, encode_pairs, logit_diff, task_accuracy, task_loss
+from . import (
+    BinaryTask,
+    Example,
+    TaskBatch,
+    TaskError,
+    UnknownTaskError,
+    encode_examples,
+    encode_pairs,
+    get_task,
+    list_tasks,
+    logit_diff,
+    task_accuracy,
+    task_loss,
+)
 
 SPLITS = ("prune", "heldout", "natural")
 
@@ -34,6 +46,11 @@ def show_tokens(tokenizer: Tokenizer, text: str) -> str:
     itself marks that boundary and the next line starts without a `|`.
     """
     return "|".join(visible(t) for t in token_strings(tokenizer, text)).replace("\n|", "\n")
+
+
+def _token(s: str) -> str:
+    """An answer as a quoted string with its spaces visible (indentation answers are all spaces)."""
+    return repr(s).replace(" ", "·")
 
 
 def _examples(task: BinaryTask, split: str, n: int, seed: int, source: str | None,
@@ -72,7 +89,8 @@ def _score(model: torch.nn.Module, batch: TaskBatch, batch_size: int = 64) -> to
         part = batch.select(slice(i, i + batch_size))
         width = int(part.lengths.max())
         logits = model(part.tokens[:, :width])  # (B, T, V)
-        out.append(logits[torch.arange(len(part)), part.positions].float())
+        rows = torch.arange(len(part), device=logits.device)
+        out.append(logits[rows, part.positions].float())
     return torch.cat(out)
 
 
@@ -110,7 +128,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     for i, (ex, pair_id) in enumerate(zip(examples, pair_ids)):
         label = f"pair {pair_id}{'ab'[i % 2]}" if pair_id >= 0 else f"natural {i}"
         score = f"  p(correct) two-way {probs[i]:.3f}" if probs is not None else ""
-        print(f"\n--- {label}: correct {ex.answer!r}  alternative {ex.alternative!r}{score}")
+        print(f"\n--- {label}: correct {_token(ex.answer)}  alternative {_token(ex.alternative)}"
+              f"{score}")
         print(show_tokens(tokenizer, ex.prompt) if tokenizer else visible(ex.prompt))
     if tokenizer is None:
         print("\n(pass --tokenizer or --checkpoint to see token boundaries)")
@@ -123,7 +142,8 @@ def _evaluate(task: BinaryTask, model: torch.nn.Module, tokenizer: Tokenizer,
     return the two-way probability of the correct answer for each shown example."""
     block_size = model.config.block_size
     if args.split == "natural":
-        batch = encode_examples(task, shown, tokenizer, block_size)
+        mined, _ = _examples(task, "natural", args.eval_pairs, args.seed, args.source, tokenizer)
+        batch = encode_examples(task, mined, tokenizer, block_size)
         what = f"{len(batch)} natural examples"
     else:
         batch = encode_pairs(task, task.pairs(args.eval_pairs, args.seed, args.split), tokenizer,
@@ -138,8 +158,9 @@ def _evaluate(task: BinaryTask, model: torch.nn.Module, tokenizer: Tokenizer,
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sparse_gpt.tasks",
-                                     description="List the binary next-token tasks or show examples.")
+    parser = argparse.ArgumentParser(
+        prog="python -m sparse_gpt.tasks",
+        description="List the binary next-token tasks or show examples.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_list = sub.add_parser("list", help="list the tasks with one-line descriptions")
     p_list.set_defaults(func=_cmd_list)
@@ -162,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="for --split natural: a .py file or a directory of them to mine "
                              "(default: the validation split of the stdlib corpus)")
     p_show.add_argument("--eval-pairs", type=int, default=256,
-                        help="with --checkpoint: number of pairs the model is scored on")
+                        help="with --checkpoint: number of pairs (or natural examples) the model "
+                             "is scored on")
     p_show.add_argument("--device", default="cpu", help="with --checkpoint: torch device")
     p_show.set_defaults(func=_cmd_show)
     return parser

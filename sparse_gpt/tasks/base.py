@@ -42,10 +42,11 @@ class PromptTooLongError(TaskError):
 class Example:
     """One prompt, the token that follows it, and the token it is contrasted with.
 
-    `continuation` is source text that follows the answer in the code the example stands for. It is
-    never shown to the model; it only lets the encoder check that byte-pair merges with the following
-    text would not swallow the answer into a longer token (e.g. `:` followed by a newline is the
-    single token `:\\n` in real code, so a bare `:` answer would be one the model never sees there).
+    `continuation` is source text that follows the answer in the code the example stands for. It
+    is never shown to the model; it only lets the encoder check that byte-pair merges with the
+    following text would not swallow the answer into a longer token (e.g. `:` followed by a newline
+    is the single token `:\\n` in real code, so a bare `:` answer would be one the model never sees
+    there).
     """
 
     prompt: str
@@ -114,7 +115,7 @@ def check_split(split: str) -> None:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
 
 
-# ----- encoding ------------------------------------------------------------------------------------
+# ----- encoding -----------------------------------------------------------------------------------
 
 
 @dataclass
@@ -148,8 +149,8 @@ def _answer_id(task: BinaryTask, tokenizer: Tokenizer, answer: str, role: str) -
     if token is None:
         raise TaskTokenError(
             f"task {task.name}: the {role} {answer!r} is not a single token of this tokenizer "
-            f"({describe_split(tokenizer, answer)}); the task needs a tokenizer that keeps it whole "
-            f"(e.g. one trained with isolate_brackets=True and a 2048-token vocabulary)")
+            f"({describe_split(tokenizer, answer)}); the task needs a tokenizer that keeps it "
+            f"whole (e.g. one trained with isolate_brackets=True and a 2048-token vocabulary)")
     return token
 
 
@@ -192,6 +193,11 @@ def _encode_one(task: BinaryTask, example: Example, tokenizer: Tokenizer,
     return prompt_ids, answer_id, alternative_id, problem
 
 
+def _not_next_token(task: BinaryTask, example: Example, problem: str) -> TaskTokenError:
+    return TaskTokenError(f"task {task.name}: the answer {example.answer!r} is not the next token "
+                          f"after the prompt ...{example.prompt[-40:]!r}: {problem}")
+
+
 def _to_batch(rows: Sequence[tuple[list[int], int, int, int]], pad_id: int) -> TaskBatch:
     """Stack (prompt ids, answer id, alternative id, pair id) rows, right-padding with `pad_id`."""
     n = len(rows)
@@ -224,8 +230,7 @@ def encode_examples(task: BinaryTask, examples: Sequence[Example], tokenizer: To
         ids, answer_id, alternative_id, problem = _encode_one(task, ex, tokenizer, block_size)
         if problem is not None:
             if strict:
-                raise TaskTokenError(f"task {task.name}: answer {ex.answer!r} is not the next "
-                                     f"token: {problem}")
+                raise _not_next_token(task, ex, problem)
             continue
         rows.append((ids, answer_id, alternative_id, -1))
     return _to_batch(rows, eot_id(tokenizer))
@@ -243,13 +248,12 @@ def encode_pairs(task: BinaryTask, pairs: Sequence[PromptPair], tokenizer: Token
         for ex in pair.examples():
             ids, answer_id, alternative_id, problem = _encode_one(task, ex, tokenizer, block_size)
             if problem is not None:
-                raise TaskTokenError(f"task {task.name}: answer {ex.answer!r} is not the next "
-                                     f"token: {problem}")
+                raise _not_next_token(task, ex, problem)
             rows.append((ids, answer_id, alternative_id, pair_id))
     return _to_batch(rows, eot_id(tokenizer))
 
 
-# ----- metrics -------------------------------------------------------------------------------------
+# ----- metrics ------------------------------------------------------------------------------------
 
 
 def task_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
@@ -269,8 +273,8 @@ def task_logits(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
 
 
 def logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """(N,) correct-minus-alternative logit per row (what the calibration fits on)."""
-    two = task_logits(logits, batch)
+    """(N,) correct-minus-alternative logit per row, in fp32 (what the calibration fits on)."""
+    two = task_logits(logits, batch).float()  # bf16 logits would round the difference
     return two[:, 0] - two[:, 1]
 
 
@@ -278,13 +282,13 @@ def task_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """Two-way cross-entropy of the correct token against the alternative, in fp32.
 
     Averaged over prompts, so over both prompts of every pair: the released code summed the two
-    prompts of a pair, which doubled every loss (METHOD.md section 4); here a loss of 0.15 means 0.15
-    nats per prompt.
+    prompts of a pair, which doubled every loss (METHOD.md section 4); here a loss of 0.15 means
+    0.15 nats per prompt.
     """
     # -log softmax([d, 0])[0] = softplus(-d), computed stably.
-    return F.softplus(-logit_diff(logits, batch).float()).mean()
+    return F.softplus(-logit_diff(logits, batch)).mean()
 
 
 def task_accuracy(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """Share of rows where the correct token's logit beats the alternative's (ties count as wrong)."""
+    """Share of rows whose correct token's logit beats the alternative's (ties count as wrong)."""
     return (logit_diff(logits, batch) > 0).float().mean()

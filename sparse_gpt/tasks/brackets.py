@@ -19,7 +19,9 @@ class BracketCounting(TemplateTask):
     later, just after an inner list's `]`, and the first differing token is `]` (depth still >= 1)
     vs the newline `\\n` (depth 0). Pairs differ in one bracket: an extra opening `[` (`[[1, 2]` vs
     `[1, 2]`) or whether the outer list was already closed (`[[1], [2]` vs `[[1], [2]]`).
-    Natural examples: `natural.mine_bracket_examples`.
+    Natural examples (`natural.mine_bracket_examples`) cut real code after any `]`, subscripts
+    included, since nested list literals are rare in real code. A tokenizer that does have a `]]`
+    token fails the encoder's context check (the prompt's `]` would merge with the answer).
     """
 
     name = "bracket_counting"

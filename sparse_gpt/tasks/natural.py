@@ -39,19 +39,22 @@ QUOTES = ('"', "'")
 
 @dataclass(frozen=True)
 class _Candidate:
-    """A cut point in one text: prompt = text[start:cut], then the answer, then the rest of the line."""
+    """A cut point in one text: the answer starts at `cut`; `starts` are the offsets a prompt may
+    start at (statement starts, earliest first, all within MAX_PROMPT_CHARS of the cut)."""
 
     text: str
-    start: int
+    starts: tuple[int, ...]
     cut: int
     answer: str
     alternative: str
 
-    def example(self) -> Example:
+    def example(self, start: int) -> Example:
         after = self.cut + len(self.answer)
+        # The continuation runs to the end of the line, or of the next line when the answer is the
+        # line break itself.
         line_end = self.text.find("\n", after + 1)
         end = len(self.text) if line_end < 0 else line_end + 1
-        return Example(self.text[self.start:self.cut], self.answer, self.alternative,
+        return Example(self.text[start:self.cut], self.answer, self.alternative,
                        self.text[after:end])
 
 
@@ -59,7 +62,8 @@ class _Reservoir:
     """A uniform sample of at most `k` items from a stream of unknown length (Algorithm R)."""
 
     def __init__(self, k: int, rng: random.Random):
-        self.k, self.rng, self.seen, self.items = k, rng, 0, []
+        self.k, self.rng, self.seen = k, rng, 0
+        self.items: list[_Candidate] = []
 
     def add(self, item: _Candidate) -> None:
         self.seen += 1
@@ -85,26 +89,36 @@ def _line_starts(text: str) -> list[int]:
     return [0] + [m.end() for m in re.finditer("\n", text)]
 
 
-def _inside_strings(tokens: list[tokenize.TokenInfo]) -> set[int]:
-    """Rows that begin inside a multi-line string: a prompt must not start there."""
-    rows: set[int] = set()
+def _statement_rows(tokens: list[tokenize.TokenInfo]) -> set[int]:
+    """Rows that begin outside any bracket and any multi-line string: where a prompt may start.
+
+    A prompt starting inside a bracket would hide that bracket's opening (fatal for bracket
+    counting); one starting inside a docstring would show a stray closing quote.
+    """
+    rows, depth = {1}, 0
     for tok in tokens:
-        if tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
-            rows.update(range(tok.start[0] + 1, tok.end[0] + 1))
+        if tok.type == tokenize.OP and tok.string in "([{":
+            depth += 1
+        elif tok.type == tokenize.OP and tok.string in ")]}":
+            depth -= 1
+        elif tok.type in (tokenize.NL, tokenize.NEWLINE) and depth == 0:
+            # Lines inside a multi-line string or after a backslash get no NL token, so they are
+            # never added.
+            rows.add(tok.end[0] + 1)
     return rows
 
 
-def _window_start(starts: list[int], cut_row: int, cut: int, bad_rows: set[int]) -> int | None:
-    """Where the prompt for a cut on `cut_row` begins: the earliest line start that keeps the prompt
-    within MAX_PROMPT_CHARS and is not inside a multi-line string, or mid-line if even the cut's
-    own line is longer than that; None if the cut's line itself begins inside a string."""
-    if cut_row in bad_rows:
-        return None
+def _window_starts(line_starts: list[int], rows: set[int], cut_row: int,
+                   cut: int) -> tuple[int, ...]:
+    """Offsets of the statement rows at or above `cut_row` within MAX_PROMPT_CHARS of `cut`,
+    earliest first."""
+    found = []
     row = cut_row
-    while row > 1 and cut - starts[row - 2] <= MAX_PROMPT_CHARS and (row - 1) not in bad_rows:
+    while row >= 1 and cut - line_starts[row - 1] <= MAX_PROMPT_CHARS:
+        if row in rows:
+            found.append(line_starts[row - 1])
         row -= 1
-    start = starts[row - 1]
-    return start if cut - start <= MAX_PROMPT_CHARS else cut - MAX_PROMPT_CHARS
+    return tuple(reversed(found))
 
 
 def _quote_candidates(text: str) -> Iterator[_Candidate]:
@@ -113,8 +127,8 @@ def _quote_candidates(text: str) -> Iterator[_Candidate]:
     tokens = _python_tokens(text)
     if tokens is None:
         return
-    starts = _line_starts(text)
-    bad_rows = _inside_strings(tokens)
+    line_starts = _line_starts(text)
+    rows = _statement_rows(tokens)
     for tok in tokens:
         s = tok.string
         if tok.type != tokenize.STRING or tok.start[0] != tok.end[0] or s[0] not in QUOTES:
@@ -122,10 +136,10 @@ def _quote_candidates(text: str) -> Iterator[_Candidate]:
         body = s[1:-1]
         if not body or s[:3] in ('"""', "'''") or "\\" in body or any(q in body for q in QUOTES):
             continue
-        cut = starts[tok.end[0] - 1] + tok.end[1] - 1
-        start = _window_start(starts, tok.start[0], cut, bad_rows)
-        if start is not None:
-            yield _Candidate(text, start, cut, s[0], QUOTES[1 - QUOTES.index(s[0])])
+        cut = line_starts[tok.end[0] - 1] + tok.end[1] - 1
+        starts = _window_starts(line_starts, rows, tok.start[0], cut)
+        if starts:
+            yield _Candidate(text, starts, cut, s[0], QUOTES[1 - QUOTES.index(s[0])])
 
 
 def _bracket_candidates(text: str) -> Iterator[_Candidate]:
@@ -138,8 +152,8 @@ def _bracket_candidates(text: str) -> Iterator[_Candidate]:
     tokens = _python_tokens(text)
     if tokens is None:
         return
-    starts = _line_starts(text)
-    bad_rows = _inside_strings(tokens)
+    line_starts = _line_starts(text)
+    rows = _statement_rows(tokens)
     depth = 0  # brackets of any kind open at this point
     for tok in tokens:
         if tok.type != tokenize.OP or tok.string not in "([{)]}":
@@ -149,11 +163,11 @@ def _bracket_candidates(text: str) -> Iterator[_Candidate]:
             return  # unbalanced: give up on this text
         if tok.string != "]":
             continue
-        cut = starts[tok.end[0] - 1] + tok.end[1]
+        cut = line_starts[tok.end[0] - 1] + tok.end[1]
         answer = _after_bracket(text, cut, depth)
-        start = _window_start(starts, tok.start[0], cut, bad_rows)
-        if answer is not None and start is not None:
-            yield _Candidate(text, start, cut, answer, "\n" if answer == "]" else "]")
+        starts = _window_starts(line_starts, rows, tok.start[0], cut) if answer else ()
+        if starts:
+            yield _Candidate(text, starts, cut, answer, "\n" if answer == "]" else "]")
 
 
 def _after_bracket(text: str, cut: int, depth: int) -> str | None:
@@ -185,7 +199,7 @@ def _sample(candidates: Iterator[_Candidate], answers: tuple[str, str], n: int, 
         for cand in items:
             if len(chosen[a]) == want[a]:
                 break
-            ex = _fit(cand.example(), tokenizer)
+            ex = _fit(cand, tokenizer)
             if ex is not None:
                 chosen[a].append(ex)
     # Interleave the classes so any prefix of the list is balanced too.
@@ -194,17 +208,16 @@ def _sample(candidates: Iterator[_Candidate], answers: tuple[str, str], n: int, 
     return (out + longer[len(out) // 2:])[:n]
 
 
-def _fit(ex: Example, tokenizer: Tokenizer | None) -> Example | None:
-    """`ex` with leading lines dropped until it has at most MAX_PROMPT_TOKENS tokens, or None if
-    the answer is not the next token for `tokenizer` (no checks without a tokenizer)."""
+def _fit(cand: _Candidate, tokenizer: Tokenizer | None) -> Example | None:
+    """The candidate's example with the longest prompt of at most MAX_PROMPT_TOKENS tokens, or None
+    if there is none or the answer is not the next token for `tokenizer` (no checks without one)."""
     if tokenizer is None:
-        return ex
-    while len(encode(tokenizer, ex.prompt)) > MAX_PROMPT_TOKENS:
-        newline = ex.prompt.find("\n")
-        if newline < 0:
-            return None
-        ex = Example(ex.prompt[newline + 1:], ex.answer, ex.alternative, ex.continuation)
-    return ex if boundary_problem(tokenizer, ex) is None else None
+        return cand.example(cand.starts[0])
+    for start in cand.starts:
+        ex = cand.example(start)
+        if len(encode(tokenizer, ex.prompt)) <= MAX_PROMPT_TOKENS:
+            return ex if boundary_problem(tokenizer, ex) is None else None
+    return None
 
 
 def _all(texts: Iterable[str], find) -> Iterator[_Candidate]:

@@ -177,6 +177,8 @@ class FstringBrace(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    print(${f}"$text ${answer}${rest})
             """),

@@ -52,6 +52,8 @@ class ForWhile(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${kw} $var${answer}${rest}
             $ind        $stmt
@@ -185,6 +187,8 @@ class IfTernary(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${lead}if $name.$attr${answer}
             $ind        $stmt
@@ -249,16 +253,22 @@ class WhileReturnTrue(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${kw} True${answer}
             $ind$stmt
             """),
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}elif $name:
             $ind    ${kw} True${answer}
             $ind$stmt
             """),
         code("""
+            ${ind}try:
+            $ind    $stmt8
             ${ind}except $exc:
             $ind    ${kw} True${answer}
             ${ind}finally:
@@ -356,7 +366,8 @@ class WithAs(TemplateTask):
     name = "with_as"
     description = "' as' after 'with open(...)', ':' and a newline after 'with lock'"
     answers = (" as", ":\n")
-    sides = (Side(" as", {"cm": "$opener", "rest": " $fh:"}), Side(":\n", {"cm": "$lock", "rest": ""}))
+    sides = (Side(" as", {"cm": "$opener", "rest": " $fh:"}),
+             Side(":\n", {"cm": "$lock", "rest": ""}))
     pools = with_pools(
         opener=("open($path)", "open($path, ${q}rb$q)", "open($path, ${q}w$q)", "io.open($path)",
                 "open($path, encoding=${q}utf-8$q)", "gzip.open($path)"),
@@ -400,6 +411,8 @@ class WithAs(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    with ${cm}${answer}${rest}
             $ind        $stmt
@@ -428,8 +441,8 @@ class LambdaFunc(TemplateTask):
     description = "':' after 'lambda x', '(' after 'def f'"
     answers = (":", "(")
     sides = (Side(":", {"head": "$func = $lam"}), Side("(", {"head": "def $func"}))
-    pools = with_pools(lam=("lambda $name", "lambda $name, $name2", "lambda self, $name", "lambda _",
-                            "lambda $name=None", "lambda *args"))
+    pools = with_pools(lam=("lambda $name", "lambda $name, $name2", "lambda self, $name",
+                            "lambda _", "lambda $name=None", "lambda *args"))
     prune_templates = (
         code("""
             $ind$stmt
@@ -458,6 +471,8 @@ class LambdaFunc(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${head}${answer} $name3
             """),
@@ -514,6 +529,8 @@ class IfEquals(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${head}${answer} $q$word$q
             """),
@@ -575,6 +592,8 @@ class VarIf(TemplateTask):
     )
     heldout_templates = (
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${head} $const${answer}
             $ind        $stmt

@@ -28,7 +28,7 @@ from typing import ClassVar, Mapping
 from .base import BinaryTask, Example, PromptPair, TaskError, check_split
 
 ANSWER_SLOT = "answer"
-# Stands for the answer slot while the other slots are filled; never occurs in source code.
+# Marks where the answer slot was in a filled template; never occurs in source code.
 _CUT = "\x00"
 
 
@@ -52,7 +52,8 @@ POOLS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     # Ordinary variable names, one token or several.
     "var": _pool(
         "x", "y", "n", "key", "value", "name", "data", "path", "item", "result", "count", "size",
-        "index", "line", "text", "node", "obj", "items", "total", "entry", "row", "offset", "length",
+        "index", "line", "text", "node", "obj", "items", "total", "entry", "row", "offset",
+        "length",
         "parts", "tokens", "record", "fields", "buf", "width", "height", "url", "host", "port",
         "query", "status", "label", "title", "tag", "attrs", "chunk", "words", "prev", "seen",
         "limit", "cur", "elem", "pair", "names", "config", "options", "state", "module", "target",
@@ -76,7 +77,8 @@ POOLS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "cls": _pool(
         "Parser", "Config", "Node", "Handler", "Request", "Response", "Record", "Buffer", "Client",
         "Server", "Item", "Entry", "Reader", "Writer", "Cache", "Token", "Event", "Message", "Task",
-        "Worker", "Registry", "Session", "Field", "Option", "Result", "Context", "Loader", "Visitor",
+        "Worker", "Registry", "Session", "Field", "Option", "Result", "Context", "Loader",
+        "Visitor",
     ),
     "attr": _pool(
         "name", "value", "data", "items", "parent", "children", "count", "size", "path", "mode",
@@ -129,9 +131,9 @@ def with_pools(**extra: tuple[str, ...]) -> Mapping[str, tuple[str, ...]]:
 
 
 def code(text: str) -> str:
-    """A snippet written as an indented triple-quoted string, dedented and without its first newline.
+    """A snippet written as an indented triple-quoted string, dedented, without its first newline.
 
-    Lets templates be written in this file the way they read as code.
+    Lets the task modules write templates the way they read as code.
     """
     return textwrap.dedent(text).lstrip("\n")
 
@@ -145,6 +147,10 @@ class Side:
 
     answer: str
     slots: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Sides are class attributes shared by every instance of a task: keep them read-only.
+        object.__setattr__(self, "slots", MappingProxyType(dict(self.slots)))
 
 
 def _pool_name(slot: str) -> str:
@@ -164,15 +170,16 @@ class Filler:
     def __init__(self, rng: random.Random, pools: Mapping[str, tuple[str, ...]]):
         self.rng = rng
         self.pools = pools
-        self.values: dict[str, str] = {}
+        self.drawn: dict[str, str] = {}   # slot -> the pool value picked (slots not yet filled)
+        self.values: dict[str, str] = {}  # slot -> that value, filled
 
     def fill(self, text: str, fixed: Mapping[str, str] | None = None, depth: int = 0) -> str:
         """`text` with each slot replaced by `fixed[slot]` if given, else by its pool value.
 
-        The answer slot is left in place as `${answer}`.
+        The answer slot becomes a marker character that `render` cuts the text at.
         """
         fixed = fixed or {}
-        mapping = {ANSWER_SLOT: "${" + ANSWER_SLOT + "}"}
+        mapping = {ANSWER_SLOT: _CUT}
         for slot in string.Template(text).get_identifiers():
             if slot != ANSWER_SLOT:
                 mapping[slot] = fixed[slot] if slot in fixed else self.value(slot, depth)
@@ -182,7 +189,7 @@ class Filler:
             raise TaskError(f"bad template text {text!r}: {e}") from e
 
     def value(self, slot: str, depth: int = 0) -> str:
-        """The resolved value of a pool slot, drawn the first time it is asked for."""
+        """The filled value of a pool slot, drawn the first time it is asked for."""
         if slot not in self.values:
             if depth >= self.MAX_DEPTH:
                 raise TaskError(f"slot ${slot}: pool values nest more than {self.MAX_DEPTH} deep")
@@ -191,11 +198,12 @@ class Filler:
             if pool is None:
                 raise TaskError(f"template slot ${slot} has no pool; pools: "
                                 f"{', '.join(sorted(self.pools))}")
-            taken = {v for k, v in self.values.items() if _pool_name(k) == pool_name}
-            free = [v for v in pool if self.fill(v, depth=depth + 1) not in taken] if taken else pool
+            taken = {v for k, v in self.drawn.items() if _pool_name(k) == pool_name}
+            free = [v for v in pool if v not in taken]
             if not free:
                 raise TaskError(f"pool {pool_name!r} has too few values for slot ${slot}")
-            self.values[slot] = self.fill(self.rng.choice(free), depth=depth + 1)
+            self.drawn[slot] = self.rng.choice(free)
+            self.values[slot] = self.fill(self.drawn[slot], depth=depth + 1)
         return self.values[slot]
 
 
@@ -204,8 +212,8 @@ class TemplateTask(BinaryTask):
 
     Each pair picks a template at random, fills the pool slots once, and renders it once per side;
     so the two prompts differ only in the side slots and the answers are swapped by construction.
-    Before the template come 0 to `max_preamble` filler lines (`$stmt` or `# $comment`) at the
-    indentation of its first line, the same for both prompts, so prompts vary in length and
+    Before the template come `preamble_lines` (a range) filler lines (`$stmt` or `# $comment`) at
+    the indentation of its first line, the same for both prompts, so prompts vary in length and
     surroundings beyond what the templates spell out.
     """
 
@@ -213,7 +221,7 @@ class TemplateTask(BinaryTask):
     prune_templates: ClassVar[tuple[str, ...]]
     heldout_templates: ClassVar[tuple[str, ...]]
     pools: ClassVar[Mapping[str, tuple[str, ...]]] = POOLS
-    max_preamble: ClassVar[int] = 4
+    preamble_lines: ClassVar[tuple[int, int]] = (1, 5)
     # A pair is redrawn this many times at most to avoid repeating one already drawn.
     max_redraws: ClassVar[int] = 20
 
@@ -239,13 +247,14 @@ class TemplateTask(BinaryTask):
 
     def render(self, template: str, rng: random.Random) -> PromptPair:
         """The pair one template gives with the pool values drawn from `rng`."""
-        if "${" + ANSWER_SLOT + "}" not in template:
-            raise TaskError(f"task {self.name}: template has no ${{{ANSWER_SLOT}}} slot: {template!r}")
+        if ANSWER_SLOT not in string.Template(template).get_identifiers():
+            raise TaskError(f"task {self.name}: template has no ${{{ANSWER_SLOT}}} slot: "
+                            f"{template!r}")
         filler = Filler(rng, self.pools)
         rendered = []
         for side in self.sides:
             slots = {k: filler.fill(v) for k, v in side.slots.items()}
-            text = filler.fill(template, slots).replace("${" + ANSWER_SLOT + "}", _CUT)
+            text = filler.fill(template, slots)
             rendered.append((text, filler.fill(side.answer)))
         preamble = self._preamble(rendered[0][0], rng)
         examples = []
@@ -257,8 +266,8 @@ class TemplateTask(BinaryTask):
         return PromptPair(*examples)
 
     def _preamble(self, text: str, rng: random.Random) -> str:
-        """0 to max_preamble distinct filler lines indented like the first line of `text`."""
+        """Distinct filler lines (a number in `preamble_lines`), indented like `text` starts."""
         indent = text[:len(text) - len(text.lstrip(" "))]
         lines = POOLS["stmt"] + tuple(f"# {c}" for c in POOLS["comment"])
-        picked = rng.sample(lines, rng.randint(0, self.max_preamble))
+        picked = rng.sample(lines, rng.randint(*self.preamble_lines))
         return "".join(f"{indent}{line}\n" for line in picked)

@@ -206,6 +206,8 @@ class VarSwap(TemplateTask):
             $ind${first}, ${second} = (${second},${answer})
             """),
         code("""
+            ${ind}if $var8:
+            $ind    $stmt8
             ${ind}else:
             $ind    ${first}, ${second} = ${second},${answer}
             """),
