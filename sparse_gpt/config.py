@@ -82,6 +82,7 @@ class DataConfig:
     extensions: list[str] = field(default_factory=lambda: [".py"])  # files source: which files
     val_fraction: float = 0.05      # share of files (by path hash) held out for validation
     max_bytes: Optional[int] = None  # cap on corpus size (files taken in sorted order)
+    exclude: list[str] = field(default_factory=list)  # glob patterns of document names to leave out
     vocab_size: int = 2048
     isolate_brackets: bool = True   # pre-tokenizer isolates quote and bracket runs (docs/design_data.md)
     tokenizer_train_bytes: int = 16_000_000  # BPE is trained on at most this much training text

@@ -13,6 +13,7 @@ cache on it.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import hashlib
 import json
@@ -83,6 +84,9 @@ class Corpus:
 def collect_corpus(cfg: DataConfig) -> Corpus:
     """Find the documents of `cfg.source`, cap them at cfg.max_bytes and split them train/val."""
     names, read_raw, roots, source_settings = _open_source(cfg)
+    if cfg.exclude:
+        names = [n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in cfg.exclude)]
+        source_settings = {**source_settings, "exclude": sorted(cfg.exclude)}
     docs = _make_documents(names, read_raw, cfg.max_bytes, dedupe=cfg.source == "site-packages")
     if not docs:
         where = f"data.path={cfg.path!r}" if cfg.path else f"under {', '.join(roots) or '(nothing)'}"

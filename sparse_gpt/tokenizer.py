@@ -24,8 +24,10 @@ TINYPYTHON_PATTERN = (
 )
 
 # A run of one repeated quote or bracket character. Split out before the tinypython pattern, so a
-# quote or bracket can only ever merge with copies of itself.
-BRACKET_PATTERN = r"""'+|"+|\(+|\)+|\[+|\]+|\{+|\}+"""
+# quote or bracket can only ever merge with copies of itself. A closing `]` always stands alone:
+# whether the BPE learns `]]` depends on the sample it trains on, and the bracket-counting task
+# needs `]` to be the next token after an inner list on every tokenizer we train.
+BRACKET_PATTERN = r"""'+|"+|\(+|\)+|\[+|\]|\{+|\}+"""
 
 
 class TokenizerError(ValueError):

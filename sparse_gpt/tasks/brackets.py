@@ -13,9 +13,9 @@ from .templates import Side, TemplateTask, code, with_pools
 class BracketCounting(TemplateTask):
     """After a `]` closes a list, another `]` if a list is still open, else the line ends.
 
-    The paper asks for `]` vs `]]` before the closing brackets. `]]` is not a token of our
-    2048-token stdlib tokenizer (the run `]]` is rare in the stdlib, so BPE never merges it), and
-    `]]` is then written `]` `]`: the first token is `]` either way. So the prompt ends one token
+    The paper asks for `]` vs `]]` before the closing brackets. Our tokenizers never have a `]]`
+    token (the pre-tokenizer keeps every `]` alone, sparse_gpt/tokenizer.py), so `]]` is written
+    `]` `]`: the first token is `]` either way. So the prompt ends one token
     later, just after an inner list's `]`, and the first differing token is `]` (depth still >= 1)
     vs the newline `\\n` (depth 0). Pairs differ in one bracket: an extra opening `[` (`[[1, 2]` vs
     `[1, 2]`) or whether the outer list was already closed (`[[1], [2]` vs `[[1], [2]]`).

@@ -1,0 +1,32 @@
+"""The README's main command, shortened: train cpu-small for a few steps, then prune the quote circuit."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_main_job_shortened(tmp_path):
+    out = tmp_path / "run"
+    env = dict(os.environ, PRUNE_ARGS="--steps 10 --search-runs 1 --no-control --target-loss 5 --no-progress")
+    proc = subprocess.run(["bash", "scripts/main.sh", "--out", str(out), "--steps", "30", "--no-progress",
+                           "--set", "train.eval_interval=15", "--set", "train.ckpt_interval=15"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "done: val loss" in proc.stdout and "unigram baseline" in proc.stdout
+    assert "single_double_quote" in proc.stdout and "necessity" in proc.stdout  # the circuit table
+    circuit = json.loads((out / "circuits" / "single_double_quote" / "circuit.json").read_text())
+    assert circuit["schema"] == "sparse_gpt.circuit/1" and circuit["metrics"]["nodes"] > 0
+
+
+def test_prune_cli_errors(tmp_path):
+    run = [sys.executable, "prune_circuit.py", "--checkpoint", str(tmp_path / "nowhere"), "--task"]
+    proc = subprocess.run(run + ["single_double_quote"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "nowhere" in proc.stderr
+    proc = subprocess.run(run + ["quote_closing"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2 and "single_double_quote" in proc.stderr  # lists / suggests valid names
