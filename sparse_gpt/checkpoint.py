@@ -41,6 +41,8 @@ from typing import Any, Optional, Union
 import safetensors.torch
 import torch
 
+from .fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, write_new_file
+
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"
 LATEST_FILE = "LATEST"
@@ -61,14 +63,12 @@ NEGZERO_SUFFIX = "::negzero"
 # Key in the safetensors header metadata holding our JSON description of the stored tensors.
 METADATA_KEY = "sparse_gpt.checkpoint"
 
-TMP_PREFIX = ".tmp-"
 _STEP_DIR_RE = re.compile(r"step_(\d+)")
 _EXTRA_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 # Same-size integer dtypes for viewing raw bit patterns: a bit-exact round trip must tell -0.0
 # from 0.0 and keep NaN payloads, and integer kernels exist for every operation we need.
 _BITS_DTYPES = MappingProxyType({1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64})
-_HASH_CHUNK = 1 << 20
 
 MapLocation = Union[str, torch.device]
 
@@ -80,57 +80,6 @@ class CheckpointError(ValueError):
 # --------------------------------------------------------------------------------------------
 # Durable file primitives
 # --------------------------------------------------------------------------------------------
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename/creation inside ``path`` durable (a file fsync does not cover its entry)."""
-    if os.name == "nt":  # Windows cannot open directories; NTFS journals the metadata itself.
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_new_file(path: Path, data: bytes) -> None:
-    """Create ``path`` (which must not exist), write ``data`` and fsync it."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that readers see either the old or the new content.
-
-    Writes a temporary file in the same directory (``os.replace`` is only atomic within one file
-    system), fsyncs it, renames it over ``path`` and fsyncs the directory so the rename survives a
-    power cut.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{secrets.token_hex(6)}")
-    try:
-        _write_new_file(tmp, data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks so large files need little memory."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 # --------------------------------------------------------------------------------------------
 # Compact tensor encoding
@@ -687,16 +636,16 @@ def save_checkpoint(run_dir: Path, step: int, state_dict: dict[str, torch.Tensor
 
     if not root.is_dir():
         root.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(root.parent)
+        fsync_dir(root.parent)
     tmp = root / f"{TMP_PREFIX}{name}-{secrets.token_hex(6)}"
     os.mkdir(tmp)
     try:
         for file_name, data in contents.items():
-            _write_new_file(tmp / file_name, data)
+            write_new_file(tmp / file_name, data)
         # Last, so that a directory with checksums.json always has all its files.
-        _write_new_file(tmp / CHECKSUMS_FILE,
+        write_new_file(tmp / CHECKSUMS_FILE,
                         (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists() or final.is_symlink():
             # Left by an earlier attempt that never became LATEST: move it aside (rename is
             # atomic) and delete it later, so no step dir is ever half-deleted.
@@ -705,7 +654,7 @@ def save_checkpoint(run_dir: Path, step: int, state_dict: dict[str, torch.Tensor
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
     atomic_write_text(latest_file, name + "\n")
     _cleanup(root, name, keep)
     return final

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from tqdm import tqdm
 
 from sparse_gpt.config import DataConfig
 from sparse_gpt.corpus import Corpus, DataError, Document, collect_corpus, iter_texts
+from sparse_gpt.fileio import atomic_open, sha256_file
 from sparse_gpt.tokenizer import (BRACKET_PATTERN, TINYPYTHON_PATTERN, TokenizerError, eot_id,
                                   load_tokenizer, train_tokenizer)
 
@@ -124,7 +124,7 @@ def _cache_problem(d: Path, meta: dict, manifest_hash: str, settings: dict) -> O
     if meta["tokenizer_settings"] != settings:
         return "tokenizer settings changed"
     tok_path = d / "tokenizer.json"
-    if not tok_path.is_file() or _file_sha256(tok_path) != meta["tokenizer_hash"]:
+    if not tok_path.is_file() or sha256_file(tok_path) != meta["tokenizer_hash"]:
         return TOKENIZER_CHANGED
     itemsize = np.dtype(meta["dtype"]).itemsize
     for split in ("train", "val"):
@@ -176,7 +176,7 @@ def _build_cache(d: Path, corpus: Corpus, cfg: DataConfig, log: Log,
         "train_tokens": counts["train"], "val_tokens": counts["val"],
         "train_documents": len(corpus.split("train")), "val_documents": len(corpus.split("val")),
         "train_bin_sha256": hashes["train"], "val_bin_sha256": hashes["val"],
-        "manifest_hash": corpus.manifest_hash(), "tokenizer_hash": _file_sha256(d / "tokenizer.json"),
+        "manifest_hash": corpus.manifest_hash(), "tokenizer_hash": sha256_file(d / "tokenizer.json"),
         "tokenizer_settings": tokenizer_settings(cfg), "tokenizers_version": tokenizers.__version__,
         "build_seconds": time.perf_counter() - t0,
     }
@@ -206,7 +206,7 @@ def _get_tokenizer(d: Path, corpus: Corpus, cfg: DataConfig, log: Log) -> Tokeni
     log(f"data: trained tokenizer (vocab {tok.get_vocab_size()}, isolate_brackets="
         f"{cfg.isolate_brackets}) on {sum(len(x.encode()) for x in texts):,} bytes "
         f"in {time.perf_counter() - t:.1f}s")
-    with _atomic_open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         f.write(tok.to_str())
     return tok
 
@@ -233,7 +233,7 @@ def _write_tokens(path: Path, corpus: Corpus, docs: list[Document], tok: Tokeniz
     eot = np.array([eot_id(tok)], dtype=dtype)
     total_bytes = sum(doc.size for doc in docs)
     count, digest = 0, hashlib.sha256()
-    with _atomic_open(path, "wb") as f, _tokenizers_parallelism(log), \
+    with atomic_open(path, "wb") as f, _tokenizers_parallelism(log), \
             _progress(total_bytes, path.stem) as bar:
         for chunk in _chunks(docs, ENCODE_CHUNK_BYTES):
             # encode_batch_fast skips offset tracking; HF tokenizers spreads the batch over cores.
@@ -295,48 +295,13 @@ def _tokenizers_parallelism(log: Log):
 
 # --- atomic files ----------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _atomic_open(path: Path, mode: str):
-    """Open a temp file beside `path`; on success flush + fsync + rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(d: Path) -> None:
-    """Persist the rename itself (directory entry); not possible on every platform."""
-    with contextlib.suppress(OSError):
-        fd = os.open(d, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _write_json(path: Path, obj: dict) -> None:
-    with _atomic_open(path, "w") as f:
+    with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
 
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- sampling --------------------------------------------------------------------------------

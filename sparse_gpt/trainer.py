@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
+from .fileio import atomic_write_text
 from .config import Config, ConfigError, config_from_dict, dump_config
 from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
 from .model import GPT
@@ -114,7 +115,7 @@ class MetricsLog:
         if resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            ckpt.atomic_write_text(path, "".join(line + "\n" for line in kept))
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif resume_step is None and path.exists():
             path.unlink()
 
@@ -205,7 +206,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
     metrics = MetricsLog(out_dir / "metrics.jsonl", start_step if saved else None) if dd.main else None
     config_yaml = dump_config(cfg)
     if dd.main:
-        ckpt.atomic_write_text(out_dir / "config.yaml", config_yaml)
+        atomic_write_text(out_dir / "config.yaml", config_yaml)
         log(f"model: {model.num_params():,} params ({cfg.model.n_layer} layers, d_model {cfg.model.d_model}); "
             f"{len(opt.tensors)} sparse tensors, {opt.l0_final:,} nonzero at the end; "
             f"train {len(data.train):,} tokens, val {len(data.val):,}; device {device} x{dd.world}")
@@ -288,5 +289,5 @@ def summarize(out_dir: Path, data: PreparedData, opt: SparseAdam, val_loss: floa
         "checkpoint": str(ckpt.latest_checkpoint(out_dir)),
         "nonzeros": opt.nonzero_report(),
     }
-    ckpt.atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
+    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=1))
     return summary

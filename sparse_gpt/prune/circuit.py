@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import atomic_write_text
+from ..fileio import atomic_write_text
 from .nodes import LOCATION_KINDS, NodeLayout
 
 SCHEMA = "sparse_gpt.circuit/1"

@@ -13,6 +13,7 @@ import yaml
 
 from .. import __version__
 from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
+from ..fileio import sha256_file
 from ..config import DataConfig, config_from_dict
 from ..model import GPT
 from ..tasks import get_task
@@ -44,7 +45,6 @@ def load_for_pruning(path: str | Path, device: str = "cpu") -> LoadedModel:
         model, tok, unknown = load_openai_model(path, device=device)
         if unknown:
             print(f"note: {path}/beeg_config.json keys not used by this loader: {', '.join(unknown)}")
-        from ..checkpoint import sha256_file
         return LoadedModel(model.eval(), tok, path, sha256_file(path / "final_model.pt"), DataConfig(), "openai")
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")

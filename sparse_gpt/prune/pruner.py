@@ -31,9 +31,9 @@ class PruneConfig:
     target_size: int = 64           # hard_concrete only: nodes the Lagrangian drives towards
     tie_qk: bool = False
     freeze_norms: bool = False
-    steps: int = 400
-    batch_pairs: int = 32
-    lr: float = 3e-2
+    steps: int = 300
+    batch_pairs: int = 16
+    lr: float = 3e-3
     weight_decay: float = 1e-3
     beta2: float = 0.95
     grad_clip: float = 1.0
@@ -42,9 +42,9 @@ class PruneConfig:
     init_noise: float = 1e-2
     temperature: float = 1.0
     natural_frac: float = 0.0       # share of each batch taken from natural examples (if the task has them)
-    pool_pairs: int = 1024          # templated pairs the masks train on
-    eval_pairs: int = 256           # fixed held-out pairs for the bisection and calibration
-    search_runs: int = 4            # mask runs in the built-in search
+    pool_pairs: int = 512           # templated pairs the masks train on
+    eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
+    search_runs: int = 3            # mask runs in the built-in search
     seed: int = 0
 
     def validate(self) -> "PruneConfig":
@@ -289,7 +289,7 @@ class Pruner:
             return curve[k]
 
         loss_pos = f(n_pos) if n_pos else math.inf
-        grid = sorted({max(1, round(n_pos * 2 ** (-i / 2))) for i in range(0, 24)} | {n_pos}) if n_pos else []
+        grid = sorted({max(1, n_pos >> i) for i in range(0, 16)}) if n_pos else []
         if loss_pos > target:  # the mask alone fails: look further down the ranking
             grid = sorted(set(grid) | {min(N, max(n_pos, 1) * 2 ** i) for i in range(1, 20)} | {N})
         hi = next((k for k in grid if f(k) <= target), N)
