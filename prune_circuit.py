@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.loading import load_any, resolve_device
 from sparse_gpt.prune.circuit import CircuitError
-from sparse_gpt.prune.extract import CircuitPipeline, geometric_mean, load_for_pruning, resolve_device
+from sparse_gpt.prune.extract import CircuitPipeline, geometric_mean
 from sparse_gpt.prune.pruner import PruneConfig, TargetUnreachableError
 from sparse_gpt.tasks import list_tasks
 from sparse_gpt.tasks.base import TaskError
@@ -53,7 +54,7 @@ def fmt(x, spec=".3f"):
 
 
 def print_table(rows: list[dict]) -> None:
-    head = ["task", "full loss", "full acc", "circuit loss", "nodes", "edges", "necessity", "random",
+    head = ["task", "full loss", "full acc", "circuit loss (raw/cal)", "nodes", "edges", "necessity", "random",
             "natural acc (full/circ)", "passed"]
     lines = [head]
     for r in rows:
@@ -61,7 +62,8 @@ def print_table(rows: list[dict]) -> None:
         nat = (f"{m['full_natural']['accuracy']:.2f}/{m['circuit_natural']['accuracy']:.2f}"
                if "full_natural" in m else "-")
         lines.append([r["task"], fmt(m["full_templated"]["loss"]), fmt(m["full_templated"]["accuracy"], ".2f"),
-                      fmt(m["circuit_templated"]["loss"]), str(m["nodes"]), str(m["edges"]),
+                      f"{fmt(m['circuit_uncalibrated_templated']['loss'])}/{fmt(m['circuit_templated']['loss'])}",
+                      str(m["nodes"]), str(m["edges"]),
                       fmt(m["necessity"]["loss"]), fmt(m["random"]["mean"]), nat,
                       "yes" if m["passed"] else "NO"])
     widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
         for n in names:
             get_task(n)  # unknown names fail before any work
         device = resolve_device(args.device)
-        loaded = load_for_pruning(args.checkpoint, device)
+        loaded = load_any(args.checkpoint, device)
         run_dir = loaded.path.parent.parent if loaded.kind == "sparse_gpt" else loaded.path
         out = Path(args.out) if args.out else run_dir / "circuits"
         pipeline = CircuitPipeline(loaded, cfg, device)

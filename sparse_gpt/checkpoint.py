@@ -41,7 +41,7 @@ from typing import Any, Optional, Union
 import safetensors.torch
 import torch
 
-from .fileio import TMP_PREFIX, atomic_write_bytes, atomic_write_text, fsync_dir, sha256_file, write_new_file
+from .fileio import TMP_PREFIX, atomic_write_text, fsync_dir, sha256_file, write_new_file
 
 FORMAT_VERSION = 1
 CHECKPOINTS_DIR = "checkpoints"

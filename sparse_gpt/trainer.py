@@ -20,12 +20,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+import yaml
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .fileio import atomic_write_text
 from .config import Config, ConfigError, config_from_dict, dump_config
 from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
+from .fileio import atomic_write_text
+from .loading import resolve_device
 from .model import GPT
 from .sparsity import SparseAdam
 
@@ -61,14 +63,6 @@ def setup_distributed(device_type: str) -> Dist:
     if device_type == "cuda":
         torch.cuda.set_device(d.local_rank)
     return d
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu)")
-    return name
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -141,7 +135,6 @@ def _load_resume(cfg: Config, out_dir: Path) -> tuple[Config, ckpt.Checkpoint]:
     if latest is None:
         raise TrainingError(f"--resume: no checkpoint under {out_dir}/checkpoints to resume from")
     saved = ckpt.load_checkpoint(latest)
-    import yaml
     saved_cfg = config_from_dict(yaml.safe_load(saved.config_yaml))
     # Only the length of the run may change on resume; anything else would make it a different run.
     mine, theirs = cfg.to_dict(), saved_cfg.to_dict()

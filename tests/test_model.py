@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from sparse_gpt.config import ModelConfig
 from sparse_gpt.model import GPT, abs_topk

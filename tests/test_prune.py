@@ -10,10 +10,10 @@ from sparse_gpt.prune.circuit import CircuitError, load_circuit, make_circuit, n
 from sparse_gpt.prune.masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
 from sparse_gpt.prune.means import compute_node_means
 from sparse_gpt.prune.nodes import NodeLayout, circuit_edges
-from sparse_gpt.prune.pruner import (Evaluator, PruneConfig, Pruner, TargetUnreachableError, calibrate,
+from sparse_gpt.prune.pruner import (PruneConfig, Pruner, TargetUnreachableError, calibrate,
                                      oriented_logit_diff, two_way_loss)
 from sparse_gpt.prune.validate import evaluate_circuit
-from sparse_gpt.tasks.base import encode_pairs, task_loss
+from sparse_gpt.tasks.base import encode_pairs
 
 SETTINGS = dict(steps=300, batch_pairs=16, pool_pairs=256, eval_pairs=64, k_coef=3e-4, lr=3e-3)
 

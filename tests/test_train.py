@@ -1,20 +1,16 @@
 """Training end to end: loss goes down, resume after SIGKILL is exact, DDP matches one process."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 from sparse_gpt import load_model
 from sparse_gpt.checkpoint import latest_checkpoint, load_state_dict
-from sparse_gpt.config import load_config
-from sparse_gpt.trainer import TrainingError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"

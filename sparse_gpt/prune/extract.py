@@ -1,23 +1,17 @@
 """From a checkpoint and a task name to a validated circuit.json: the pipeline prune_circuit.py runs."""
 from __future__ import annotations
 
-import json
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import yaml
 
 from .. import __version__
-from ..checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from ..fileio import sha256_file
-from ..config import DataConfig, config_from_dict
-from ..model import GPT
+from ..loading import LoadedModel
 from ..tasks import get_task
-from ..tokenizer import load_tokenizer
 from .circuit import make_circuit, node_records, save_circuit
 from .means import load_or_compute_means, validation_texts
 from .nodes import NodeLayout, circuit_edges
@@ -25,45 +19,6 @@ from .pruner import PruneConfig, Pruner
 from .validate import evaluate_circuit
 
 CONTROL_TASK = "nonsense_quote"
-
-
-@dataclass
-class LoadedModel:
-    model: GPT
-    tokenizer: object
-    path: Path            # the checkpoint directory
-    fingerprint: str      # sha256 of the weights file: ties a circuit to these exact weights
-    data: DataConfig      # where validation text (means, natural examples) comes from
-    kind: str             # "sparse_gpt" | "openai"
-
-
-def load_for_pruning(path: str | Path, device: str = "cpu") -> LoadedModel:
-    """Load one of our checkpoints (run or checkpoint dir) or a directory of OpenAI's release."""
-    path = Path(path)
-    from ..openai_format import is_openai_dir, load_openai_model
-    if is_openai_dir(path):
-        model, tok, unknown = load_openai_model(path, device=device)
-        if unknown:
-            print(f"note: {path}/beeg_config.json keys not used by this loader: {', '.join(unknown)}")
-        return LoadedModel(model.eval(), tok, path, sha256_file(path / "final_model.pt"), DataConfig(), "openai")
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
-    ck = load_checkpoint(resolve_checkpoint(path), map_location=device, with_train_state=False)
-    cfg = config_from_dict(yaml.safe_load(ck.config_yaml))
-    model = GPT(cfg.model)
-    model.load_state_dict(ck.state_dict)
-    checksums = json.loads((ck.path / "checksums.json").read_text())
-    fingerprint = checksums["files"]["model.safetensors"]["sha256"]
-    return LoadedModel(model.to(device).eval(), load_tokenizer(ck.tokenizer_path), ck.path, fingerprint, cfg.data,
-                       "sparse_gpt")
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA GPU")
-    return name
 
 
 class CircuitPipeline:

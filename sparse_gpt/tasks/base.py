@@ -242,14 +242,26 @@ def encode_pairs(task: BinaryTask, pairs: Sequence[PromptPair], tokenizer: Token
 
     Templated pairs must be clean: any answer that is not one token, or not the very next token of
     the prompt in context, raises TaskTokenError naming the task, the answer and the tokenisation.
+    The one exception: tasks whose answers are names copied from the prompt (`answers is None`)
+    skip pairs whose names this tokenizer splits, as long as most pairs survive, since whether a
+    pool's name is one token depends on the corpus the tokenizer was trained on.
     """
-    rows = []
-    for pair_id, pair in enumerate(pairs):
-        for ex in pair.examples():
-            ids, answer_id, alternative_id, problem = _encode_one(task, ex, tokenizer, block_size)
+    rows, skipped = [], []
+    for pair in pairs:
+        try:
+            encoded = [_encode_one(task, ex, tokenizer, block_size) for ex in pair.examples()]
+        except TaskTokenError as e:
+            if task.answers is not None:
+                raise
+            skipped.append(e)
+            continue
+        for ex, (ids, answer_id, alternative_id, problem) in zip(pair.examples(), encoded):
             if problem is not None:
                 raise _not_next_token(task, ex, problem)
-            rows.append((ids, answer_id, alternative_id, pair_id))
+            rows.append((ids, answer_id, alternative_id, len(rows) // 2))
+    if len(skipped) > len(pairs) // 2:
+        raise TaskTokenError(f"{len(skipped)} of {len(pairs)} pairs unusable with this tokenizer; "
+                             f"first: {skipped[0]}")
     return _to_batch(rows, eot_id(tokenizer))
 
 
