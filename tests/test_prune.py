@@ -173,3 +173,18 @@ def test_hard_concrete_pruner_meets_the_target():
     model, tok, task, layout, means, pruner, run = prune_planted(mask="hard_concrete", target_size=13, lr=0.1)
     assert run.loss <= 0.15 and run.converged
     assert {layout.node_name(i) for i in run.keep.nonzero().flatten().tolist()} == PLANTED_NODES
+
+
+def test_node_means_are_cached_beside_the_checkpoint(tmp_path):
+    from sparse_gpt.config import DataConfig
+    from sparse_gpt.prune.means import MEANS_FILE, load_or_compute_means
+    model, tok = planted_model(), planted_tokenizer()
+    layout = NodeLayout(model.config)
+    data = DataConfig(max_bytes=400_000, val_fraction=0.2)
+    logs = []
+    first = load_or_compute_means(model, layout, tok, tmp_path, "fp1", data, n_tokens=2048, log=logs.append)
+    again = load_or_compute_means(model, layout, tok, tmp_path, "fp1", data, n_tokens=2048, log=logs.append)
+    assert (tmp_path / MEANS_FILE).exists() and torch.equal(first, again)
+    assert len(logs) == 1  # the second call read the cache
+    load_or_compute_means(model, layout, tok, tmp_path, "fp2", data, n_tokens=2048, log=logs.append)
+    assert len(logs) == 2  # other weights: recomputed, never a stale cache

@@ -119,3 +119,18 @@ def test_resume_refuses_a_changed_config(tmp_path):
     run_train("--out", tmp_path, "--steps", 5, "--set", "train.ckpt_interval=5")
     proc = run_train("--out", tmp_path, "--resume", "--steps", 10, "--set", "model.d_model=64", check=False)
     assert proc.returncode == 2 and "model.d_model" in proc.stderr
+
+
+def test_resume_refuses_a_changed_corpus(tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    src = Path(__file__).resolve().parents[1] / "sparse_gpt"
+    for f in sorted(src.glob("*.py")):
+        (corpus / f.name).write_text(f.read_text())
+    common = ["--set", "data.source=files", "--set", f"data.path={corpus}", "--set", "data.max_bytes=null",
+              "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.val_fraction=0.3",
+              "--set", "train.ckpt_interval=4"]
+    run_train("--out", tmp_path / "run", "--steps", 4, *common)
+    (corpus / "model.py").write_text((corpus / "model.py").read_text() + "\n# edited\n")
+    proc = run_train("--out", tmp_path / "run", "--resume", "--steps", 8, *common, check=False)
+    assert proc.returncode == 2 and "corpus/tokenizer differ" in proc.stderr
