@@ -59,6 +59,11 @@ def print_table(rows: list[dict]) -> None:
     lines = [head]
     for r in rows:
         m = r["metrics"]
+        if "skipped" in m:
+            full = m["skipped"]
+            lines.append([r["task"], fmt(full["loss"]), fmt(full["accuracy"], ".2f"), "-", "-", "-", "-", "-", "-",
+                          "full model above target"])
+            continue
         nat = (f"{m['full_natural']['accuracy']:.2f}/{m['circuit_natural']['accuracy']:.2f}"
                if "full_natural" in m else "-")
         lines.append([r["task"], fmt(m["full_templated"]["loss"]), fmt(m["full_templated"]["accuracy"], ".2f"),
@@ -98,7 +103,11 @@ def main(argv=None) -> int:
         try:
             circuit = pipeline.extract(name, out / name, progress=not args.no_progress,
                                        with_control=not args.no_control)
-        except (TargetUnreachableError, TaskError) as e:
+        except TargetUnreachableError as e:
+            print(f"{name}: skipped: {e}", file=sys.stderr)
+            rows.append({"task": name, "metrics": {"skipped": e.full}})
+            continue
+        except TaskError as e:
             print(f"{name}: skipped: {e}", file=sys.stderr)
             failed.append(name)
             continue
@@ -108,15 +117,16 @@ def main(argv=None) -> int:
               f"({m['seconds']:.0f} s) -> {out / name / 'circuit.json'}", file=sys.stderr)
     if rows:
         print_table(rows)
-    if len(rows) > 1:
-        print(f"geometric mean of edges over {len(rows)} tasks: {geometric_mean([r['metrics']['edges'] for r in rows]):.1f}")
-    if rows and "control" in rows[0]["metrics"]:
-        c = rows[0]["metrics"]["control"]
+    done = [r["metrics"] for r in rows if "skipped" not in r["metrics"]]
+    if len(done) > 1:
+        print(f"geometric mean of edges over {len(done)} circuits: {geometric_mean([m['edges'] for m in done]):.1f}")
+    if done and "control" in done[0]:
+        c = done[0]["control"]
         print(f"control ({c['task']}): {c['nodes']} nodes, loss {c['loss']:.3f} "
               f"(full model {c['full_loss']:.3f}){'' if c['reached_target'] else ', target not reached'}")
     if failed:
-        print(f"no circuit for: {', '.join(failed)} (full model above the target loss, or task unusable)")
-    return 0 if rows else 1
+        print(f"unusable tasks: {', '.join(failed)}")
+    return 0 if done else 1
 
 
 if __name__ == "__main__":

@@ -22,6 +22,10 @@ from .nodes import NodeLayout
 class TargetUnreachableError(ValueError):
     """The full model itself does not meet the target task loss."""
 
+    def __init__(self, message: str, full: dict):
+        super().__init__(message)
+        self.full = full  # the full model's {"loss", "accuracy", "n"} on the held-out pairs
+
 
 @dataclass
 class PruneConfig:
@@ -196,12 +200,13 @@ class Pruner:
                 raise ValueError(f"--natural-frac {cfg.natural_frac}: task {task.name} has no natural examples")
             self.natural = encode_examples(task, examples, tokenizer, block).to(device)
         self.eval = Evaluator(model, layout, self.means, cfg.freeze_norms)
-        self.full_loss = self.eval.loss(self.heldout, None)
+        full = self.eval.metrics(self.heldout, None)
+        self.full_loss = full["loss"]
         # Controls (nonsense tasks) skip this check: the pruner may build a mechanism the model lacks.
         if require_full and self.full_loss > cfg.target_loss:
             raise TargetUnreachableError(
                 f"the full model's loss on {task.name} is {self.full_loss:.4f}, above the target "
-                f"{cfg.target_loss}; no circuit can meet it (train longer, or pass a higher --target-loss)")
+                f"{cfg.target_loss}; no circuit can meet it (train longer, or pass a higher --target-loss)", full)
 
     # -- one mask-training run --
 
