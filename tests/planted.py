@@ -117,3 +117,35 @@ def pretraining_windows(n: int = 64, length: int = 32, seed: int = 0) -> torch.T
     g = torch.Generator().manual_seed(seed)
     weights = torch.tensor([0.02, 0.05, 0.05] + [0.13] * 6 + [0.05, 0.02, 0.03])
     return torch.multinomial(weights, n * length, replacement=True, generator=g).view(n, length)
+
+
+# ----- pruning the planted model (shared by the pruner and renderer tests) ---------------------------
+
+SETTINGS = dict(steps=300, batch_pairs=16, pool_pairs=256, eval_pairs=64, k_coef=3e-4, lr=3e-3)
+
+
+def prune_planted(redundant: bool = False, **overrides):
+    """Prune the planted model; returns (model, tokenizer, task, layout, means, pruner, run)."""
+    from sparse_gpt.prune.means import compute_node_means
+    from sparse_gpt.prune.nodes import NodeLayout
+    from sparse_gpt.prune.pruner import PruneConfig, Pruner
+
+    model, tok, task = planted_model(redundant), planted_tokenizer(), PlantedQuoteTask()
+    layout = NodeLayout(model.config)
+    means = compute_node_means(model, layout, pretraining_windows())
+    pruner = Pruner(model, layout, means, task, tok, PruneConfig(**(SETTINGS | overrides)))
+    return model, tok, task, layout, means, pruner, pruner.run(progress=False)
+
+
+def circuit_of(model, layout, run, fingerprint: str = "planted") -> dict:
+    """A circuit artefact (without validation metrics) for a pruning run on the planted model."""
+    from dataclasses import asdict
+
+    from sparse_gpt.prune.circuit import make_circuit, node_records
+    from sparse_gpt.prune.nodes import circuit_edges
+
+    return make_circuit(provenance={"checkpoint_fingerprint": fingerprint, "task": "planted_quote",
+                                    "pruner": run.settings},
+                        model_config=asdict(model.config), nodes=node_records(layout, run.keep, run.scores),
+                        edges=circuit_edges(model, layout, run.keep), calibration=run.calibration,
+                        bisection=run.curve, metrics={})

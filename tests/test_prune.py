@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from planted import PLANTED_NODES, PlantedQuoteTask, planted_model, planted_tokenizer, pretraining_windows
-from sparse_gpt.prune.circuit import CircuitError, load_circuit, make_circuit, node_records, save_circuit
+from planted import (PLANTED_NODES, SETTINGS, PlantedQuoteTask, circuit_of, planted_model, planted_tokenizer,
+                     prune_planted, pretraining_windows)
+from sparse_gpt.prune.circuit import CircuitError, load_circuit, save_circuit
 from sparse_gpt.prune.masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
 from sparse_gpt.prune.means import compute_node_means
 from sparse_gpt.prune.nodes import NodeLayout, circuit_edges
@@ -14,29 +15,6 @@ from sparse_gpt.prune.pruner import (PruneConfig, Pruner, TargetUnreachableError
                                      oriented_logit_diff, two_way_loss)
 from sparse_gpt.prune.validate import evaluate_circuit
 from sparse_gpt.tasks.base import encode_pairs
-
-SETTINGS = dict(steps=300, batch_pairs=16, pool_pairs=256, eval_pairs=64, k_coef=3e-4, lr=3e-3)
-
-
-def prune_planted(redundant=False, **overrides):
-    model, tok, task = planted_model(redundant), planted_tokenizer(), PlantedQuoteTask()
-    layout = NodeLayout(model.config)
-    means = compute_node_means(model, layout, pretraining_windows())
-    pruner = Pruner(model, layout, means, task, tok, PruneConfig(**(SETTINGS | overrides)))
-    return model, tok, task, layout, means, pruner, pruner.run(progress=False)
-
-
-def circuit_of(model, layout, run, fingerprint="planted"):
-    return make_circuit(provenance={"checkpoint_fingerprint": fingerprint, "task": "planted_quote", "pruner": run.settings},
-                        model_config={}, nodes=node_records(layout, run.keep, run.scores),
-                        edges=circuit_edges(model, layout, run.keep), calibration=run.calibration,
-                        bisection=run.curve, metrics={})
-
-
-@pytest.fixture(scope="module")
-def planted():
-    return prune_planted()
-
 
 def test_pruner_finds_exactly_the_planted_circuit(planted):
     model, tok, task, layout, means, pruner, run = planted

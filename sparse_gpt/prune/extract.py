@@ -11,6 +11,7 @@ import torch
 
 from .. import __version__
 from ..loading import LoadedModel
+from ..render import render_static
 from ..tasks import get_task
 from .circuit import make_circuit, node_records, save_circuit
 from .means import load_or_compute_means, validation_texts
@@ -73,6 +74,7 @@ class CircuitPipeline:
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
         circuit["metrics"] = metrics
         save_circuit(circuit, Path(out_dir) / "circuit.json")
+        render_static(circuit, Path(out_dir) / "circuit")  # circuit.png and circuit.svg beside it
         return circuit
 
 

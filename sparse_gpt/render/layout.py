@@ -1,0 +1,53 @@
+"""Where every node of a circuit goes in a diagram; computed once, shared by every renderer.
+
+Residual channels are vertical lines (x = 0 .. R-1, one per channel any read or write touches);
+residual reads and writes sit on their channel's line. Attention q/k/v channels (grouped by head)
+and MLP neurons sit in a band to the right. Rows, bottom to top, per layer: attention reads,
+q/k/v, attention writes, MLP reads, neurons, MLP writes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROWS = ("attn.act_in", "attn.qkv", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta")
+_QKV_ORDER = {"attn.q": 0, "attn.k": 1, "attn.v": 2}
+
+
+@dataclass
+class Layout:
+    positions: dict[str, tuple[float, float]]   # node name -> (x, y)
+    channels: list[int]                         # residual channel of each x in [0, R)
+    channel_span: dict[int, tuple[float, float]]  # channel -> (lowest y, highest y) it is used at
+    row_labels: dict[float, str]                # y -> "layer 0 attn reads", ...
+    width: float
+
+
+def circuit_layout(circuit: dict) -> Layout:
+    nodes = circuit["nodes"]
+    d_head = circuit["model"].get("d_head", 16)
+    resid = sorted({n["index"] for n in nodes if n["kind"] in ("resid_read", "resid_write")})
+    x_of_channel = {c: float(i) for i, c in enumerate(resid)}
+    band = len(resid) + 1.0
+    positions: dict[str, tuple[float, float]] = {}
+    span: dict[int, tuple[float, float]] = {}
+    banded: dict[float, list[tuple[tuple, str]]] = {}
+    for n in nodes:
+        suffix = n["location"].split(".", 1)[1]
+        row = ROWS.index("attn.qkv" if suffix in _QKV_ORDER else suffix)
+        y = float(n["layer"] * len(ROWS) + row)
+        if n["kind"] in ("resid_read", "resid_write"):
+            positions[n["name"]] = (x_of_channel[n["index"]], y)
+            lo, hi = span.get(n["index"], (y, y))
+            span[n["index"]] = (min(lo, y), max(hi, y))
+        else:
+            head = n["index"] // d_head if suffix in _QKV_ORDER else 0
+            key = (head, _QKV_ORDER.get(suffix, 0), n["index"])
+            banded.setdefault(y, []).append((key, n["name"]))
+    width = band
+    for y, items in banded.items():
+        for j, (_, name) in enumerate(sorted(items)):
+            positions[name] = (band + j, y)
+        width = max(width, band + len(items))
+    n_layers = 1 + max((n["layer"] for n in nodes), default=0)
+    labels = {float(i * len(ROWS) + r): f"L{i} {row}" for i in range(n_layers) for r, row in enumerate(ROWS)}
+    return Layout(positions, resid, span, labels, width)

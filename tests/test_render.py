@@ -1,0 +1,41 @@
+"""The static circuit diagram: one shared layout, every node drawn, PNG and SVG written."""
+import subprocess
+import sys
+from pathlib import Path
+
+from planted import PLANTED_NODES, circuit_of
+from sparse_gpt.render import circuit_layout, render_static
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_layout_places_every_node_on_its_row_and_channel(planted):
+    model, tok, task, layout, means, pruner, run = planted
+    circuit = circuit_of(model, layout, run)
+    lay = circuit_layout(circuit)
+    assert set(lay.positions) == PLANTED_NODES
+    # a residual write and the later read of the same channel share the channel's vertical line
+    assert lay.positions["0.mlp.resid_delta[0]"][0] == lay.positions["1.attn.act_in[0]"][0]
+    assert lay.positions["0.mlp.resid_delta[1]"][0] == lay.positions["1.attn.act_in[1]"][0]
+    # later layers are drawn higher; q/k/v sit in the band right of the residual channels
+    assert lay.positions["1.attn.q[0]"][1] > lay.positions["0.mlp.post_act[0]"][1]
+    assert lay.positions["1.attn.q[0]"][0] > max(x for x, _ in (lay.positions[n] for n in PLANTED_NODES
+                                                                if "act_in" in n or "resid_delta" in n))
+
+
+def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path):
+    from sparse_gpt.prune.circuit import save_circuit
+    model, tok, task, layout, means, pruner, run = planted
+    circuit = circuit_of(model, layout, run)
+    paths = render_static(circuit, tmp_path / "circuit")
+    assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in paths)
+    assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
+    assert "1.attn.q[0]" in (tmp_path / "circuit.svg").read_text()  # labels are drawn for small circuits
+    path = save_circuit(circuit, tmp_path / "again" / "circuit.json")
+    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "again" / "circuit.png").exists()
+    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(tmp_path / "missing.json")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "no circuit file" in proc.stderr
