@@ -121,20 +121,20 @@ class SparseAdam:
         return step / self.train.steps
 
     def l0_at(self, scale: float) -> int:
-        """Nonzero sparse weights when annealing is `scale` of the way to the target."""
+        """Nonzero sparse weights when annealing is `scale` of the way to the target (a dense
+        baseline has no sparse tensors: then every trainable weight counts)."""
+        if not self.tensors:
+            return sum(p.numel() for p in self.params)
         return sum(t.k_at(scale) for t in self.tensors)
 
     def schedule(self, step: int) -> dict[str, float]:
         """LR and density in force during `step` (0-based)."""
         scale = density_scale(self.progress(step), self.sparsity.anneal_start, self.sparsity.anneal_end)
         lr = self.train.lr * lr_multiplier(step, self.train.steps, self.train.warmup_frac)
-        if self.tensors and self.sparsity.lr_l0_scaling:
+        if self.sparsity.lr_l0_scaling:  # 1 for a dense baseline
             # Without this factor annealing gives no benefit (METHOD.md section 2).
             lr *= math.sqrt(self.l0_final / self.l0_at(scale))
-        return {"lr": lr, "density_scale": scale, "l0": self.l0_at(scale) if self.tensors else self.dense_l0()}
-
-    def dense_l0(self) -> int:
-        return sum(p.numel() for p in self.params)
+        return {"lr": lr, "density_scale": scale, "l0": self.l0_at(scale)}
 
     @torch.no_grad()
     def normalize_grads(self) -> float:

@@ -134,3 +134,15 @@ def test_resume_refuses_a_changed_corpus(tmp_path):
     (corpus / "model.py").write_text((corpus / "model.py").read_text() + "\n# edited\n")
     proc = run_train("--out", tmp_path / "run", "--resume", "--steps", 8, *common, check=False)
     assert proc.returncode == 2 and "corpus/tokenizer differ" in proc.stderr
+
+
+def test_dense_baseline_run_completes_with_plots(tmp_path):
+    """Density 1 is the same code with no top-k: the run, its summary and its plots all work."""
+    run_train("--out", tmp_path, "--steps", 6, "--set", "sparsity.matrix_density=1.0",
+              "--set", "sparsity.embed_density=1.0", "--set", "train.ckpt_interval=6",
+              "--set", "train.eval_interval=6")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["nonzeros"] == [] and (tmp_path / "schedule.png").stat().st_size > 0
+    weights = final_weights(tmp_path)
+    assert int(weights["transformer.h.0.mlp.c_fc.weight"].count_nonzero()) == weights[
+        "transformer.h.0.mlp.c_fc.weight"].numel()
