@@ -76,10 +76,6 @@ class NodeLayout:
             raise IndexError(f"node {name!r}: index {idx} out of range ({loc.name} has {loc.width} nodes)")
         return loc.offset + idx
 
-    def location_ids(self) -> torch.Tensor:
-        """(N,) index of each node's location in self.locations."""
-        return torch.cat([torch.full((loc.width,), j) for j, loc in enumerate(self.locations)])
-
     def kept_per_location(self, keep: torch.Tensor) -> dict[str, torch.Tensor]:
         """keep: (N,) bool -> {hook name: sorted indices within the location} (non-empty ones only)."""
         out = {}

@@ -161,9 +161,7 @@ class Evaluator:
         return torch.cat(outs)
 
     def loss(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: dict | None = None) -> float:
-        z, y = oriented_logit_diff(self.logits(batch, gates), batch)
-        cal = calibration or {"scale": 1.0, "bias": 0.0}
-        return two_way_loss(z, y, cal["scale"], cal["bias"]).item()
+        return self.metrics(batch, gates, calibration)["loss"]
 
     def metrics(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: dict | None = None) -> dict:
         z, y = oriented_logit_diff(self.logits(batch, gates), batch)
