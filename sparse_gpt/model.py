@@ -29,12 +29,56 @@ class HookPoint(nn.Module):
         return x
 
 
-def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k entries of largest magnitude along the last dim (signs kept), zero the rest."""
+def abs_topk_reference(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k entries of largest magnitude along the last dim (signs kept), zero the rest:
+    torch.topk + scatter, the reference the threshold version below is tested against."""
     if k >= x.shape[-1]:
         return x
     idx = x.abs().topk(k, dim=-1, sorted=False).indices
     return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
+
+
+def _row_keep_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Bool mask of exactly k entries per row (last dim): |x| >= the row's k-th largest |x|, ties
+    at that value filled in index order. The threshold comes from numpy.partition on CPU (about 4x
+    faster than torch.topk there) and torch.kthvalue elsewhere; no host-device sync on the GPU."""
+    W = x.shape[-1]
+    a = x.detach().abs()
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        import numpy as np
+        part = np.partition(a.reshape(-1, W).numpy(), W - k, axis=-1)[:, W - k]
+        thr = torch.from_numpy(part).view(*a.shape[:-1], 1)
+    else:
+        thr = a.float().kthvalue(W - k + 1, dim=-1, keepdim=True).values.to(a.dtype)
+    keep = a >= thr
+    if not a.is_cuda and not bool((keep.sum(-1) > k).any()):
+        return keep
+    eq = a == thr
+    need = k - (keep & ~eq).sum(-1, keepdim=True)
+    return (keep & ~eq) | (eq & (eq.cumsum(-1) <= need))
+
+
+class _AbsTopK(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
+        keep = _row_keep_mask(x, k)
+        ctx.save_for_backward(keep)  # a bool per entry: less memory than k int64 indices per row
+        return x.masked_fill(~keep, 0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return grad.masked_fill(~keep, 0.0), None
+
+
+def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k entries of largest magnitude along the last dim (signs kept), zero the rest.
+
+    The same entries as abs_topk_reference (ties aside), found by a per-row threshold instead of
+    topk + scatter; the gradient passes through the kept entries only."""
+    if k >= x.shape[-1]:
+        return x
+    return _AbsTopK.apply(x, k)
 
 
 class AbsTopK(nn.Module):

@@ -71,8 +71,9 @@ def sparse_tensors(model: nn.Module, cfg: SparsityConfig) -> list[SparseTensor]:
 
 
 @torch.no_grad()
-def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = None) -> None:
-    """Zero all but exactly k entries of w in place: each unit's top `floor`, then the largest |w|."""
+def keep_topk_reference_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = None) -> None:
+    """The reference (torch.topk) weight top-k: zero all but exactly k entries of w in place, each
+    unit's top `floor` first, then the largest |w|. The fast path must keep the same set (ties aside)."""
     if k >= w.numel():
         return
     score = w.abs()
@@ -84,6 +85,81 @@ def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = N
     mask = torch.zeros(w.numel(), dtype=torch.bool, device=w.device)
     mask[keep] = True
     w.masked_fill_(~mask.view_as(w), 0.0)
+
+
+TOPK_METHODS = ("auto", "reference", "partition", "kthvalue")
+
+
+def _scores(ws: list[torch.Tensor], floor: int, unit_dim: int | None) -> torch.Tensor:
+    """(G, numel) magnitudes of same-shape tensors, each unit's top `floor` raised to +inf."""
+    dtype = ws[0].dtype if ws[0].dtype in (torch.float32, torch.float64) else torch.float32  # numpy has no bf16
+    score = torch.empty((len(ws), *ws[0].shape), dtype=dtype, device=ws[0].device)
+    for i, w in enumerate(ws):
+        if w.dtype == dtype:
+            torch.abs(w.detach(), out=score[i])
+        else:
+            score[i].copy_(w.detach().abs())
+    if floor and unit_dim is not None:
+        reduce_dim = 2 - unit_dim  # dims of the stacked (G, rows, cols) tensor
+        top = score.topk(min(floor, score.shape[reduce_dim]), dim=reduce_dim).indices
+        score.scatter_(reduce_dim, top, float("inf"))
+    return score.view(score.shape[0], -1)
+
+
+def _kth_largest(score: torch.Tensor, k: int, method: str) -> torch.Tensor:
+    """(G,) the k-th largest entry of every row of score (G, n)."""
+    n = score.shape[1]
+    if method == "partition":
+        # numpy's introselect on a zero-copy view: about 3x faster than torch.topk on CPU
+        import numpy as np
+        part = np.partition(score.numpy(), n - k, axis=1)
+        return torch.from_numpy(part[:, n - k].copy())
+    return score.kthvalue(n - k + 1, dim=1).values  # the (n-k+1)-th smallest = the k-th largest
+
+
+def threshold_keep_mask(score: torch.Tensor, k: int, method: str = "kthvalue") -> torch.Tensor:
+    """(G, n) bool: exactly k entries per row, those >= the row's k-th largest value; among entries
+    tied with that value, the first in index order fill the remaining places. No host-device sync."""
+    thr = _kth_largest(score, k, method).to(score.device)[:, None]
+    keep = score >= thr
+    # Ties at the threshold can push the count above k; keep only the first `need` of them. A tie
+    # at a zero threshold changes nothing (those weights are zero either way), but stay exact.
+    n_keep = keep.sum(1, keepdim=True)
+    if score.is_cuda or bool((n_keep > k).any()):
+        eq = score == thr
+        need = k - (keep & ~eq).sum(1, keepdim=True)
+        keep = (keep & ~eq) | (eq & (eq.cumsum(1) <= need))
+    return keep
+
+
+@torch.no_grad()
+def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: int | None = None,
+                     method: str = "auto") -> None:
+    """keep_topk_ on several same-shape tensors with the same k: one selection call for the group
+    (on the GPU, one kernel launch instead of one per matrix)."""
+    if not ws or k >= ws[0].numel():
+        return
+    if method == "auto":
+        method = "kthvalue" if ws[0].is_cuda else "partition"
+    if method == "reference":
+        for w in ws:
+            keep_topk_reference_(w, k, floor, unit_dim)
+        return
+    if method not in TOPK_METHODS:
+        raise ValueError(f"unknown top-k method {method!r}; one of {TOPK_METHODS}")
+    if method == "partition" and ws[0].is_cuda:
+        method = "kthvalue"
+    keep = threshold_keep_mask(_scores(ws, floor, unit_dim), k, method)
+    for w, m in zip(ws, keep):
+        w.masked_fill_(~m.view_as(w), 0.0)
+
+
+def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = None, method: str = "auto") -> None:
+    """Zero all but exactly k entries of w in place: each unit's top `floor`, then the largest |w|.
+
+    The default is an exact threshold selection (numpy.partition on CPU, torch.kthvalue on the GPU);
+    method="reference" is the plain torch.topk version the tests compare it with."""
+    keep_topk_group_([w], k, floor, unit_dim, method)
 
 
 def density_scale(progress: float, start: float, end: float) -> float:
@@ -116,6 +192,12 @@ class SparseAdam:
         self.adam = torch.optim.Adam(self.params, lr=train.lr, betas=(train.beta1, train.beta2),
                                      eps=train.eps, weight_decay=0.0)
         self.l0_final = self.l0_at(1.0)
+        # Same-shape tensors with the same target and floor share one selection call per step.
+        self.topk_method = "auto"  # see keep_topk_; "reference" is the plain torch.topk path
+        self.groups: dict[tuple, list[SparseTensor]] = {}
+        for t in self.tensors:
+            key = (tuple(t.param.shape), t.density, t.floor, t.unit_dim, t.param.dtype, t.param.device)
+            self.groups.setdefault(key, []).append(t)
 
     def progress(self, step: int) -> float:
         return step / self.train.steps
@@ -156,8 +238,10 @@ class SparseAdam:
         # The density reached after this step is the one the next step trains under.
         next_scale = density_scale(self.progress(step + 1), self.sparsity.anneal_start, self.sparsity.anneal_end)
         if next_scale > 0:
-            for t in self.tensors:
-                keep_topk_(t.param, t.k_at(next_scale), t.floor, t.unit_dim)
+            for group in self.groups.values():
+                t = group[0]
+                keep_topk_group_([g.param for g in group], t.k_at(next_scale), t.floor, t.unit_dim,
+                                 self.topk_method)
         if self.train.weight_decay:
             torch._foreach_mul_(self.decayed, 1.0 - sched["lr"] * self.train.weight_decay)
         return {"lr": sched["lr"], "grad_rms": grad_rms, "density_scale": next_scale}

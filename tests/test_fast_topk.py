@@ -1,0 +1,117 @@
+"""The fast exact top-k paths against their torch.topk references: the same kept set, ties aside."""
+import pytest
+import torch
+
+from sparse_gpt.model import abs_topk, abs_topk_reference
+from sparse_gpt.sparsity import keep_topk_, keep_topk_group_, keep_topk_reference_, threshold_keep_mask
+
+METHODS = ("partition", "kthvalue")
+
+
+def _random_weight(gen, shape, ties: bool, zeros: bool) -> torch.Tensor:
+    w = torch.randn(shape, generator=gen)
+    if ties:  # few distinct magnitudes: many entries tie with the k-th largest
+        w = (w * 2).round() / 2
+    if zeros:  # whole stretches of exact zeros, as a sparse matrix has after the top-k
+        w[torch.rand(shape, generator=gen) < 0.7] = 0.0
+    return w
+
+
+def _check_same_set(w: torch.Tensor, ref: torch.Tensor, fast: torch.Tensor, k: int, floor: int, unit_dim):
+    """Exactly as many nonzeros; the kept magnitudes are the same multiset (identical sets when no
+    magnitude ties at the threshold); every unit keeps its floor."""
+    assert int((fast != 0).sum()) == int((ref != 0).sum())
+    assert torch.equal(fast.abs().flatten().sort().values, ref.abs().flatten().sort().values)
+    kept = fast != 0
+    assert torch.equal(fast[kept], w[kept])  # survivors are untouched
+    if floor and unit_dim is not None:
+        assert torch.equal((fast != 0).sum(1 - unit_dim), (ref != 0).sum(1 - unit_dim)) or \
+            (w.abs().unique().numel() < w.numel())  # per-unit counts may differ only through ties
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_threshold_top_k_keeps_the_reference_set_without_ties(method):
+    gen = torch.Generator().manual_seed(0)
+    for shape, k, floor, unit_dim in [((48, 80), 400, 4, 0), ((48, 80), 400, 4, 1), ((64, 32), 256, 4, 0),
+                                      ((96, 16), 384, 4, 1), ((500,), 37, 0, None), ((33, 7), 1, 0, None),
+                                      ((48, 80), 48 * 4, 4, 0), ((48, 80), 3839, 4, 1)]:
+        w = torch.randn(shape, generator=gen)
+        w[3] *= 1e-4  # a weak unit only the floor keeps alive
+        ref, fast = w.clone(), w.clone()
+        keep_topk_reference_(ref, k, floor, unit_dim)
+        keep_topk_(fast, k, floor, unit_dim, method=method)
+        assert torch.equal(ref != 0, fast != 0), (shape, k, floor, unit_dim)
+        assert torch.equal(ref, fast)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_threshold_top_k_with_ties_and_zeros(method):
+    gen = torch.Generator().manual_seed(1)
+    for trial in range(12):
+        unit_dim = (0, 1, None)[trial % 3]
+        floor = 0 if unit_dim is None else 4
+        w = _random_weight(gen, (40, 24), ties=trial % 2 == 0, zeros=trial % 4 < 2)
+        for k in (40 * 4, 200, 500, 959):
+            ref, fast = w.clone(), w.clone()
+            keep_topk_reference_(ref, k, floor, unit_dim)
+            keep_topk_(fast, k, floor, unit_dim, method=method)
+            _check_same_set(w, ref, fast, k, floor, unit_dim)
+            if floor:
+                assert int((fast != 0).sum(1 - unit_dim).min()) >= min(4, int((w != 0).sum(1 - unit_dim).min()))
+
+
+def test_threshold_mask_keeps_exactly_k_per_row_under_ties():
+    score = torch.tensor([[3.0, 1.0, 1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
+    for method in METHODS:
+        keep = threshold_keep_mask(score, 3, method)
+        assert keep.sum(1).tolist() == [3, 3]
+        assert keep[0].tolist() == [True, True, False, False, False, True]  # first tie in index order
+        assert keep[1].tolist() == [True, True, True, False, False, False]
+
+
+def test_grouped_top_k_equals_one_call_per_tensor():
+    gen = torch.Generator().manual_seed(2)
+    ws = [torch.randn(32, 64, generator=gen) for _ in range(3)]
+    grouped = [w.clone() for w in ws]
+    keep_topk_group_(grouped, 300, 4, 1)
+    for w, g in zip(ws, grouped):
+        keep_topk_reference_(w, 300, 4, 1)
+        assert torch.equal(w, g)
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="top-k method"):
+        keep_topk_(torch.randn(4, 4), 3, method="bogus")
+
+
+# ----- activation AbsTopK ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_abs_topk_forward_and_backward_match_the_reference(ties):
+    gen = torch.Generator().manual_seed(3)
+    for shape, k in [((2, 5, 64), 16), ((3, 7, 512), 128), ((4, 32), 1), ((4, 32), 31), ((2, 3, 48), 12)]:
+        x = torch.randn(shape, generator=gen)
+        if ties:
+            x = (x * 2).round() / 2  # many equal magnitudes, and exact zeros
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ref, fast = abs_topk_reference(x1, k), abs_topk(x2, k)
+        up = torch.randn(shape, generator=gen)
+        (ref * up).sum().backward()
+        (fast * up).sum().backward()
+        assert torch.equal((fast != 0).sum(-1), (ref != 0).sum(-1)) or ties
+        if not ties:
+            assert torch.equal(ref, fast)
+            assert torch.equal(x1.grad, x2.grad)
+        else:  # same count of kept entries per row (zeros aside), the same kept magnitudes
+            kept_f = (x2.grad != 0) | (fast != 0)
+            assert torch.equal(kept_f.sum(-1), torch.full(shape[:-1], k))
+            assert torch.equal(fast.abs().sort(-1).values, ref.abs().sort(-1).values)
+            assert torch.equal(x2.grad[kept_f], up[kept_f])  # the gradient flows exactly where kept
+            assert torch.equal(fast[kept_f], x[kept_f])
+
+
+def test_abs_topk_keeps_dtype_and_passes_through_when_k_is_full():
+    x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
+    assert abs_topk(x, 2).dtype == torch.bfloat16
+    assert torch.equal(abs_topk(x, 2), abs_topk_reference(x, 2))
+    assert abs_topk(x, 8) is x
