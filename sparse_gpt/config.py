@@ -142,6 +142,7 @@ class TrainConfig:
     dtype: str = "auto"              # auto (bf16 on cuda, fp32 on cpu) | fp32 | bf16
     device: str = "auto"             # auto | cpu | cuda
     compile: bool = False            # torch.compile the model (GPU runs)
+    peak_tflops: Optional[float] = None  # device bf16 peak for MFU; None: looked up by GPU name (none on CPU)
 
     def validate(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "eval_interval", "eval_batches",
@@ -153,6 +154,8 @@ class TrainConfig:
                  f"train.grad_norm must be rms, clip or none, got {self.grad_norm!r}")
         _require(self.dtype in ("auto", "fp32", "bf16"), f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
         _require(self.device in ("auto", "cpu", "cuda"), f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        _require(self.peak_tflops is None or self.peak_tflops > 0,
+                 f"train.peak_tflops must be positive, got {self.peak_tflops}")
         _require(self.batch_size % self.grad_accum == 0,
                  f"train.batch_size ({self.batch_size}) must be divisible by train.grad_accum ({self.grad_accum})")
 

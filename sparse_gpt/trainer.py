@@ -27,6 +27,7 @@ from . import checkpoint as ckpt
 from .config import Config, ConfigError, config_from_dict, dump_config
 from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
 from .fileio import atomic_write_text
+from .flops import flops_per_token, peak_flops
 from .loading import resolve_device
 from .model import GPT
 from .sparsity import SparseAdam
@@ -139,6 +140,7 @@ def _load_resume(cfg: Config, out_dir: Path) -> tuple[Config, ckpt.Checkpoint]:
     # Only the length of the run may change on resume; anything else would make it a different run.
     mine, theirs = cfg.to_dict(), saved_cfg.to_dict()
     mine["train"]["steps"] = theirs["train"]["steps"] = 0
+    mine["train"]["peak_tflops"] = theirs["train"]["peak_tflops"]  # only used for MFU in the logs
     mine["model"]["vocab_size"] = theirs["model"]["vocab_size"]
     diffs = [f"{s}.{k}: {theirs[s][k]!r} -> {mine[s][k]!r}"
              for s in theirs for k in theirs[s] if mine[s][k] != theirs[s][k]]
@@ -194,6 +196,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
                           f"processes x grad_accum ({dd.world} x {accum})")
     micro = cfg.train.batch_size // (dd.world * accum)
     tokens_per_step = cfg.train.batch_size * T
+    # MFU: model FLOPs per second over the bf16 peak of all devices (sparse_gpt/flops.py); None on CPU
+    flops_token, peak = flops_per_token(cfg.model), peak_flops(device, cfg.train.peak_tflops)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out_dir / "metrics.jsonl", start_step if saved else None) if dd.main else None
@@ -202,7 +206,9 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
         atomic_write_text(out_dir / "config.yaml", config_yaml)
         log(f"model: {model.num_params():,} params ({cfg.model.n_layer} layers, d_model {cfg.model.d_model}); "
             f"{len(opt.tensors)} sparse tensors, {opt.l0_final:,} nonzero at the end; "
-            f"train {len(data.train):,} tokens, val {len(data.val):,}; device {device} x{dd.world}")
+            f"train {len(data.train):,} tokens, val {len(data.val):,}; device {device} x{dd.world}; "
+            f"{flops_token / 1e6:.1f} MFLOP/token, "
+            + (f"peak {peak / 1e12:.0f} TFLOP/s" if peak else "MFU unavailable (no known bf16 peak)"))
 
     def save(step: int, val_loss: float | None) -> Path:
         meta = {"step": step, "val_loss": val_loss, "manifest_hash": data.manifest_hash,
@@ -214,7 +220,7 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
 
     bar = tqdm(total=cfg.train.steps, initial=start_step, disable=not (progress and dd.main),
                dynamic_ncols=True, file=sys.stderr, desc="train")
-    val_loss, speed = None, 0.0
+    val_loss, speed, util = None, 0.0, None
     t_last, tokens_since = time.perf_counter(), 0
     train_model.train()
     for step in range(start_step, cfg.train.steps):
@@ -252,10 +258,11 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
             if done % cfg.train.log_interval == 0 or "val_loss" in record:
                 now = time.perf_counter()
                 speed = record["tokens_per_s"] = tokens_since / (now - t_last)
+                util = record["mfu"] = flops_token * speed / (peak * dd.world) if peak else None
                 t_last, tokens_since = now, 0
             metrics.write(record)
             bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
-                            tok_s=f"{speed:,.0f}",
+                            tok_s=f"{speed:,.0f}", mfu=f"{util:.1%}" if util is not None else "n/a",
                             density=f"{opt.l0_at(info['density_scale']) / max(1, opt.l0_at(0.0)):.3f}",
                             refresh=False)
             bar.update(1)
@@ -274,10 +281,12 @@ def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str
 def summarize(out_dir: Path, data: PreparedData, opt: SparseAdam, val_loss: float | None) -> dict:
     records = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
+    mfus = [r["mfu"] for r in records if r.get("mfu") is not None]
     summary = {
         "final_val_loss": val_loss,
         "unigram_val_loss": unigram_loss(data.train, data.val, data.vocab_size),
         "tokens_per_s": float(np.median(speeds)) if speeds else None,
+        "mfu": float(np.median(mfus)) if mfus else None,
         "steps": records[-1]["step"] if records else 0,
         "checkpoint": str(ckpt.latest_checkpoint(out_dir)),
         "nonzeros": opt.nonzero_report(),
