@@ -11,7 +11,8 @@ import torch
 
 from .. import __version__
 from ..loading import LoadedModel
-from ..render import render_static
+from ..explain import NodeContexts, node_contexts
+from ..render import node_details, render_html, render_static
 from ..tasks import get_task
 from .circuit import make_circuit, node_records, save_circuit
 from .means import load_or_compute_means, validation_texts
@@ -32,6 +33,13 @@ class CircuitPipeline:
                                            loaded.fingerprint, loaded.data, log=log).to(device)
         self.natural_texts = validation_texts(loaded.data, max_bytes=3_000_000)
         self._control: dict | None = None
+        self._contexts: NodeContexts | None = None
+
+    def contexts(self) -> NodeContexts:
+        """Every node's top-activating contexts (computed once per checkpoint, then cached beside it)."""
+        if self._contexts is None:
+            self._contexts = node_contexts(self.loaded, log=self.log)
+        return self._contexts
 
     def pruner(self, task_name: str, require_full: bool = True) -> Pruner:
         return Pruner(self.loaded.model, self.layout, self.means, get_task(task_name), self.loaded.tokenizer,
@@ -47,8 +55,10 @@ class CircuitPipeline:
                              "reached_target": best.loss <= self.cfg.target_loss}
         return self._control
 
-    def extract(self, task_name: str, out_dir: Path, progress: bool = True, with_control: bool = True) -> dict:
-        """Prune, validate and write out_dir/circuit.json for one task; returns the circuit."""
+    def extract(self, task_name: str, out_dir: Path, progress: bool = True, with_control: bool = True,
+                viewer: bool = True) -> dict:
+        """Prune, validate and write out_dir/circuit.json for one task, with circuit.png/.svg and
+        (unless viewer=False) the interactive circuit.html beside it; returns the circuit."""
         t0 = time.perf_counter()
         task = get_task(task_name)
         pruner = self.pruner(task_name)
@@ -74,7 +84,11 @@ class CircuitPipeline:
         metrics["seconds"] = round(time.perf_counter() - t0, 1)
         circuit["metrics"] = metrics
         save_circuit(circuit, Path(out_dir) / "circuit.json")
-        render_static(circuit, Path(out_dir) / "circuit")  # circuit.png and circuit.svg beside it
+        render_static(circuit, Path(out_dir) / "circuit")
+        if viewer:
+            details = node_details(model, self.loaded.tokenizer, circuit, task, self.means, self.contexts(),
+                                   progress=progress)
+            render_html(circuit, details, Path(out_dir) / "circuit.html")
         return circuit
 
 

@@ -9,10 +9,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from ..config import DataConfig
 from ..corpus import collect_corpus
+from ..tensor_cache import load_or_compute
 from ..tokenizer import eot_id
 from .nodes import NodeLayout
 
@@ -67,24 +67,11 @@ def load_or_compute_means(model, layout: NodeLayout, tokenizer, cache_dir: Path,
                           data_cfg: DataConfig, n_tokens: int = 65536, log=print) -> torch.Tensor:
     """Node means from cache_dir/node_means.safetensors if it matches `fingerprint`, else computed
     on `n_tokens` of validation text and written there."""
-    path = Path(cache_dir) / MEANS_FILE
     key = json.dumps({"fingerprint": fingerprint, "n_tokens": n_tokens, "source": data_cfg.source,
                       "path": data_cfg.path, "n_nodes": layout.n_nodes}, sort_keys=True)
-    if path.exists():
-        try:
-            from safetensors import safe_open
-            with safe_open(str(path), "pt") as f:
-                if (f.metadata() or {}).get("key") == key:
-                    return load_file(str(path))["means"]
-        except Exception:  # a damaged cache is recomputed, never trusted
-            pass
-    log(f"computing node means over {n_tokens:,} validation tokens (cached in {path})")
-    windows = validation_windows(tokenizer, data_cfg, model.config.block_size, n_tokens)
-    means = compute_node_means(model, layout, windows)
-    tmp = path.with_suffix(".tmp")
-    try:
-        save_file({"means": means}, str(tmp), metadata={"key": key})
-        tmp.replace(path)
-    except OSError as e:  # a read-only checkpoint directory only costs the recomputation
-        log(f"could not cache node means in {path}: {e}")
-    return means
+
+    def compute():
+        windows = validation_windows(tokenizer, data_cfg, model.config.block_size, n_tokens)
+        return {"means": compute_node_means(model, layout, windows)}
+    return load_or_compute(Path(cache_dir) / MEANS_FILE, key, compute, log,
+                           f"node means over {n_tokens:,} validation tokens")["means"]

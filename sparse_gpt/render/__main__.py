@@ -1,17 +1,27 @@
-"""Re-render an existing circuit artefact: python -m sparse_gpt.render runs/x/circuits/TASK/circuit.json"""
+"""Re-render an existing circuit artefact: python -m sparse_gpt.render runs/x/circuits/TASK/circuit.json
+
+Writes circuit.png and circuit.svg, and circuit.html, whose node panels need the model the circuit
+was extracted from: by default the checkpoint named in circuit.json (--checkpoint to point at a
+moved one; it must have the same weights). --static-only skips the HTML and needs no checkpoint.
+"""
 import argparse
 import sys
 from pathlib import Path
 
+from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.prune.circuit import CircuitError, load_circuit
-from sparse_gpt.render import render_static
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("circuit", help="path to a circuit.json written by prune_circuit.py")
     p.add_argument("--out", help="output prefix (default: circuit.json's directory / circuit)")
+    p.add_argument("--checkpoint", help="the checkpoint the circuit came from (default: as recorded in circuit.json)")
+    p.add_argument("--static-only", action="store_true", help="only the PNG and SVG")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
+    from sparse_gpt.render import render_static  # after argument parsing: --help stays fast
     try:
         circuit = load_circuit(args.circuit)
     except CircuitError as e:
@@ -20,7 +30,39 @@ def main(argv=None) -> int:
     prefix = Path(args.out) if args.out else Path(args.circuit).with_name("circuit")
     for path in render_static(circuit, prefix):
         print(path)
+    if args.static_only:
+        return 0
+    checkpoint = args.checkpoint or circuit["provenance"].get("checkpoint")
+    try:
+        print(render_viewer(circuit, args.circuit, checkpoint, prefix, args.device, not args.no_progress))
+    except (CheckpointError, CircuitError, KeyError, ValueError) as e:
+        print(f"error: circuit.html not written: {e.args[0] if isinstance(e, KeyError) else e} "
+              "(pass --checkpoint DIR, or --static-only for the PNG and SVG alone)", file=sys.stderr)
+        return 2
     return 0
+
+
+def render_viewer(circuit: dict, circuit_path: str, checkpoint: str | None, prefix: Path, device: str,
+                  progress: bool) -> Path:
+    from sparse_gpt.explain import node_contexts
+    from sparse_gpt.loading import load_any, resolve_device
+    from sparse_gpt.prune.means import load_or_compute_means
+    from sparse_gpt.prune.nodes import NodeLayout
+    from sparse_gpt.render import node_details, render_html
+    from sparse_gpt.tasks import get_task
+
+    if not checkpoint:
+        raise CheckpointError("circuit.json does not record its checkpoint")
+    loaded = load_any(checkpoint, resolve_device(device))
+    load_circuit(circuit_path, fingerprint=loaded.fingerprint)  # refuse other weights
+    log = lambda m: print(m, file=sys.stderr)
+    layout = NodeLayout(loaded.model.config)
+    means = load_or_compute_means(loaded.model, layout, loaded.tokenizer, loaded.path, loaded.fingerprint,
+                                  loaded.data, log=log)
+    task = get_task(circuit["provenance"]["task"])
+    details = node_details(loaded.model, loaded.tokenizer, circuit, task, means, node_contexts(loaded, log=log),
+                           progress=progress)
+    return render_html(circuit, details, prefix.with_suffix(".html"))
 
 
 if __name__ == "__main__":

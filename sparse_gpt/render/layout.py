@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 ROWS = ("attn.act_in", "attn.qkv", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta")
 _QKV_ORDER = {"attn.q": 0, "attn.k": 1, "attn.v": 2}
+KIND_COLOURS = {"resid_read": "#4c72b0", "resid_write": "#55a868", "attn_q": "#c44e52", "attn_k": "#dd8452",
+                "attn_v": "#8172b3", "mlp_neuron": "#937860"}
+EDGE_COLOURS = {"positive": "#d62728", "negative": "#1f77b4"}
 
 
 @dataclass

@@ -9,10 +9,7 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
-from .layout import circuit_layout  # noqa: E402
-
-KIND_COLOURS = {"resid_read": "#4c72b0", "resid_write": "#55a868", "attn_q": "#c44e52", "attn_k": "#dd8452",
-                "attn_v": "#8172b3", "mlp_neuron": "#937860"}
+from .layout import EDGE_COLOURS, KIND_COLOURS, circuit_layout  # noqa: E402
 
 
 def render_static(circuit: dict, out_prefix: str | Path) -> list[Path]:
@@ -31,7 +28,7 @@ def render_static(circuit: dict, out_prefix: str | Path) -> list[Path]:
     if edges:
         wmax = max(abs(e["weight"]) for e in edges) or 1.0
         segs = [(lay.positions[e["source"]], lay.positions[e["target"]]) for e in edges]
-        colours = ["#d62728" if e["weight"] > 0 else "#1f77b4" for e in edges]
+        colours = [EDGE_COLOURS["positive" if e["weight"] > 0 else "negative"] for e in edges]
         widths = [0.3 + 2.2 * abs(e["weight"]) / wmax for e in edges]
         ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.55, zorder=1))
     for kind, colour in KIND_COLOURS.items():

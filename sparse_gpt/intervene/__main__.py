@@ -1,0 +1,81 @@
+"""Set or ablate nodes and see how the next-token prediction changes.
+
+    python -m sparse_gpt.intervene --checkpoint runs/cpu-small --ablate '0.mlp.post_act[12]' \\
+        --prompt "x = 'abc" --answers "'" '"'
+    python -m sparse_gpt.intervene --checkpoint runs/cpu-small --set '3.attn.v[5]=2.5' --task single_double_quote
+
+With --task, the prompts are the task's held-out pairs and each one's two-way probability is of its
+own correct answer against the alternative. --ablate sets a node to its mean over pretraining text
+(--ablation zero: to 0). Nodes are set at every position unless --at last.
+"""
+import argparse
+import sys
+
+from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.intervene import ablation_values, format_effects, intervene
+from sparse_gpt.loading import load_any, resolve_device
+from sparse_gpt.prune.means import load_or_compute_means
+from sparse_gpt.prune.nodes import NodeLayout
+from sparse_gpt.tasks import TaskError, get_task
+
+
+def _parse_set(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected NODE=VALUE, e.g. 0.mlp.post_act[12]=1.5, got {text!r}") from None
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
+    p.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NODE=VALUE",
+                   help="set a node to a value (repeatable)")
+    p.add_argument("--ablate", action="append", default=[], metavar="NODE", help="ablate a node (repeatable)")
+    p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what an ablated node carries")
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--answers", nargs=2, metavar=("ANSWER", "ALTERNATIVE"),
+                   help="report P(ANSWER) against ALTERNATIVE for every --prompt")
+    p.add_argument("--task", help="take prompts and answers from this task's held-out pairs")
+    p.add_argument("--pairs", type=int, default=4, help="task pairs used with --task")
+    p.add_argument("--at", choices=["all", "last"], default="all", help="positions the nodes are set at")
+    p.add_argument("--top", type=int, default=5, help="next tokens listed before and after")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    args = p.parse_args(argv)
+    if not args.prompt and not args.task:
+        p.error("give --prompt TEXT (repeatable) or --task NAME")
+    if not args.set and not args.ablate:
+        p.error("give --set NODE=VALUE or --ablate NODE")
+    try:
+        loaded = load_any(args.checkpoint, resolve_device(args.device))
+        model, tok = loaded.model, loaded.tokenizer
+        layout = NodeLayout(model.config)
+        values = dict(args.set)
+        if args.ablate:
+            means = None
+            if args.ablation == "mean":
+                means = load_or_compute_means(model, layout, tok, loaded.path, loaded.fingerprint, loaded.data,
+                                              log=lambda m: print(m, file=sys.stderr))
+            values |= ablation_values(layout, args.ablate, means)
+        prompts = list(args.prompt)
+        answers = [tuple(args.answers) if args.answers else None] * len(prompts)
+        if args.task:
+            task = get_task(args.task)
+            examples = [ex for pair in task.pairs(args.pairs, seed=1, split="heldout") for ex in pair.examples()]
+            prompts += [ex.prompt for ex in examples]
+            answers += [(ex.answer, ex.alternative) for ex in examples]
+        effects = intervene(model, tok, prompts, values, answers=answers, at=args.at, top=args.top)
+    except (CheckpointError, TaskError, KeyError, IndexError, ValueError) as e:
+        print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
+        return 2
+    print("setting " + ", ".join(f"{n} = {v:+.4f}" for n, v in values.items())
+          + (" at every position" if args.at == "all" else " at the last position"))
+    print(format_effects(effects))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""Run a model with some nodes set to fixed values and compare its next-token predictions."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..prune.nodes import NodeLayout
+from ..tokenizer import decode, encode, single_token_id
+
+
+@dataclass
+class PromptEffect:
+    prompt: str
+    original: dict[str, float]                 # each node's activation at the last position, unchanged model
+    top_before: list[tuple[str, float]]        # most likely next tokens and their probabilities
+    top_after: list[tuple[str, float]]
+    kl: float                                  # KL(before || after) of the next-token distributions, nats
+    answers: tuple[str, str] | None = None     # (answer, alternative) the two-way probability is about
+    p_before: float | None = None              # P(answer) / (P(answer) + P(alternative))
+    p_after: float | None = None
+
+
+def _locate(layout: NodeLayout, name: str) -> tuple[str, int]:
+    """(hook name, index within it) of a node; a bad name raises KeyError / IndexError naming it."""
+    i = layout.node_index(name)
+    loc = layout.location_of(i)
+    return loc.name, i - loc.offset
+
+
+def _grouped(where: dict[str, tuple[str, int]], values: dict[str, float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{hook name: (indices, values)} of the nodes to set."""
+    groups: dict[str, tuple[list[int], list[float]]] = {}
+    for name, value in values.items():
+        loc, j = where[name]
+        idx, vals = groups.setdefault(loc, ([], []))
+        idx.append(j)
+        vals.append(float(value))
+    return {loc: (torch.tensor(idx), torch.tensor(vals)) for loc, (idx, vals) in groups.items()}
+
+
+def ablation_values(layout: NodeLayout, nodes: list[str], means: torch.Tensor | None) -> dict[str, float]:
+    """The value each node carries when ablated: its mean over pretraining text, or 0 without means."""
+    return {n: float(means[layout.node_index(n)]) if means is not None else 0.0 for n in nodes}
+
+
+def _answer_id(tokenizer, text: str) -> int:
+    i = single_token_id(tokenizer, text)
+    if i is None:
+        raise ValueError(f"answer {text!r} is not a single token of this model's tokenizer "
+                         f"(it encodes as {len(encode(tokenizer, text))} tokens)")
+    return i
+
+
+@torch.no_grad()
+def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
+              answers: list[tuple[str, str] | None] | None = None, at: str = "all", top: int = 5) -> list[PromptEffect]:
+    """Next-token predictions of `model` on each prompt, before and after setting `values`
+    ({node name: value}); `answers[i]` = (answer, alternative) adds prompt i's two-way probability
+    (None: not for that prompt)."""
+    if at not in ("all", "last"):
+        raise ValueError(f"at must be 'all' or 'last', got {at!r}")
+    if not values:
+        raise ValueError("no intervention given: name at least one node")
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"{len(answers)} answer pairs for {len(prompts)} prompts")
+    layout = NodeLayout(model.config)
+    where = {name: _locate(layout, name) for name in values}
+    groups = _grouped(where, values)
+    device = next(model.parameters()).device
+
+    def setter(idx: torch.Tensor, vals: torch.Tensor):
+        def fn(x: torch.Tensor) -> torch.Tensor:
+            x = x.clone()
+            if at == "last":
+                x[:, -1, idx.to(x.device)] = vals.to(x.device, x.dtype)
+            else:
+                x[..., idx.to(x.device)] = vals.to(x.device, x.dtype)
+            return x
+        return fn
+
+    replace = {loc: setter(idx, vals) for loc, (idx, vals) in groups.items()}
+    effects = []
+    for j, prompt in enumerate(prompts):
+        ids = encode(tokenizer, prompt)
+        if not ids:
+            raise ValueError(f"prompt {j} is empty")
+        if len(ids) > model.config.block_size:
+            raise ValueError(f"prompt {j} has {len(ids)} tokens, more than the model's context of "
+                             f"{model.config.block_size}: {prompt[:60]!r}...")
+        x = torch.tensor([ids], device=device)
+        with model.hooks(record=list(groups)) as cache:
+            before = model(x)[0, -1].float().log_softmax(-1)
+        original = {name: float(cache[loc][0, -1, j]) for name, (loc, j) in where.items()}
+        with model.hooks(replace=replace):
+            after = model(x)[0, -1].float().log_softmax(-1)
+        effect = PromptEffect(prompt=prompt, original=original, top_before=_top(tokenizer, before, top),
+                              top_after=_top(tokenizer, after, top),
+                              kl=float((before.exp() * (before - after)).sum()))
+        if answers is not None and answers[j] is not None:
+            a, b = (_answer_id(tokenizer, t) for t in answers[j])
+            effect.answers = tuple(answers[j])
+            effect.p_before = float(torch.sigmoid(before[a] - before[b]))
+            effect.p_after = float(torch.sigmoid(after[a] - after[b]))
+        effects.append(effect)
+    return effects
+
+
+def _top(tokenizer, logp: torch.Tensor, k: int) -> list[tuple[str, float]]:
+    p, i = logp.exp().topk(min(k, logp.numel()))
+    return [(decode(tokenizer, [int(t)]), float(v)) for v, t in zip(p, i)]
+
+
+def format_effects(effects: list[PromptEffect]) -> str:
+    lines = []
+    for e in effects:
+        lines.append(f"prompt: {e.prompt[-70:]!r}")
+        lines.append("  node activations (last position, unchanged model): "
+                     + ", ".join(f"{n} = {v:+.4f}" for n, v in e.original.items()))
+        if e.answers is not None:
+            lines.append(f"  P({e.answers[0]!r} vs {e.answers[1]!r}): {e.p_before:.4f} -> {e.p_after:.4f}")
+        lines.append(f"  KL(before || after) = {e.kl:.4f} nats")
+        lines.append("  top next tokens before: " + ", ".join(f"{t!r} {p:.3f}" for t, p in e.top_before))
+        lines.append("  top next tokens after:  " + ", ".join(f"{t!r} {p:.3f}" for t, p in e.top_after))
+    if len(effects) > 1:
+        lines.append(f"mean over {len(effects)} prompts: KL {sum(e.kl for e in effects) / len(effects):.4f} nats")
+        scored = [e for e in effects if e.p_before is not None]
+        if scored:
+            lines.append(f"  two-way probability of the answer: {sum(e.p_before for e in scored) / len(scored):.4f}"
+                         f" -> {sum(e.p_after for e in scored) / len(scored):.4f}")
+    return "\n".join(lines)
