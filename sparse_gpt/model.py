@@ -85,9 +85,10 @@ class AbsTopK(nn.Module):
     def __init__(self, afrac: float | None, width: int):
         super().__init__()
         self.k = width if afrac is None else max(1, int(afrac * width))
+        self.reference = False  # True: the torch.topk + scatter version (benchmarks compare the two)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return abs_topk(x, self.k)
+        return (abs_topk_reference if self.reference else abs_topk)(x, self.k)
 
     def extra_repr(self) -> str:
         return f"k={self.k}"
@@ -219,8 +220,10 @@ class GPT(nn.Module):
             else:
                 nn.init.normal_(p, 0.0, std)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx (B, T) token ids -> logits (B, T, vocab)."""
+    def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """idx (B, T) token ids -> logits (B, T, vocab); with positions (B,), only the logits at
+        those positions, (B, vocab) (the pruner scores one position per prompt: this skips the
+        unembedding everywhere else)."""
         B, T = idx.shape
         if T > self.config.block_size:
             raise ValueError(f"sequence of {T} tokens is longer than the context ({self.config.block_size})")
@@ -230,7 +233,10 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x)
         x = self.hook_final_resid(x)
-        logits = self.lm_head(self.transformer.ln_f(x)) + self.final_logits_bias  # (B, T, vocab)
+        if positions is not None:
+            rows = torch.arange(B, device=idx.device)
+            x, idx = x[rows, positions], idx[rows, positions]  # (B, C), (B,)
+        logits = self.lm_head(self.transformer.ln_f(x)) + self.final_logits_bias  # (B, [T,] vocab)
         if self.bigram_table is not None:
             logits = logits + self.bigram_table[idx]
         return logits

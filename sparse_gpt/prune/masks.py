@@ -129,7 +129,7 @@ class HardConcreteMask(nn.Module):
 
 
 def _mix(x: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-    return mean + (x - mean) * gate
+    return torch.addcmul(mean, x - mean, gate)  # mean + (x - mean) * gate, one kernel fewer
 
 
 @contextmanager

@@ -130,35 +130,52 @@ def calibrate(z: torch.Tensor, y: torch.Tensor, steps: int = 16) -> dict:
 
 # ----- running the model on task batches -----------------------------------------------------------
 
-def scored_logits(model, batch: TaskBatch, chunk: int = 256) -> torch.Tensor:
-    """Logits (N, V) at each prompt's scored position; sequences trimmed to the longest prompt."""
+def scored_logits(model, batch: TaskBatch, chunk: int = 256, frozen_norms: bool = False) -> torch.Tensor:
+    """Logits (N, V) at each prompt's scored position; sequences trimmed to the longest prompt.
+
+    The unembedding runs at the scored positions only, except under frozen norms (whose recorded
+    scales cover every position)."""
     out = []
     for start in range(0, len(batch), chunk):
         part = batch.select(slice(start, start + chunk))
         T = int(part.lengths.max())
-        logits = model(part.tokens[:, :T])
-        out.append(logits[torch.arange(len(part), device=logits.device), part.positions])
+        if frozen_norms:
+            logits = model(part.tokens[:, :T])
+            out.append(logits[torch.arange(len(part), device=logits.device), part.positions])
+        else:
+            out.append(model(part.tokens[:, :T], positions=part.positions))
     return torch.cat(out)
 
 
 class Evaluator:
-    """Loss / accuracy of the model under a gate vector, on fixed batches (no gradients)."""
+    """Loss / accuracy of the model under a gate vector, on fixed batches (no gradients).
 
-    def __init__(self, model, layout: NodeLayout, means: torch.Tensor, freeze_norms: bool = False):
+    Prompts run in chunks of similar length (sorted by length), each trimmed to its longest prompt,
+    so short prompts do not pay for the padding of long ones."""
+
+    def __init__(self, model, layout: NodeLayout, means: torch.Tensor, freeze_norms: bool = False,
+                 chunk: int = 64):
         self.model, self.layout, self.means, self.freeze_norms = model, layout, means, freeze_norms
+        self.chunk = chunk
 
     @torch.no_grad()
     def logits(self, batch: TaskBatch, gates: torch.Tensor | None) -> torch.Tensor:
-        if gates is None:
-            return scored_logits(self.model, batch)
-        outs = []
-        for start in range(0, len(batch), 256):
-            part = batch.select(slice(start, start + 256))
-            T = int(part.lengths.max())
-            scales = record_norm_scales(self.model, part.tokens[:, :T]) if self.freeze_norms else None
-            with gated(self.model, self.layout, gates, self.means, scales):
-                outs.append(scored_logits(self.model, part))
-        return torch.cat(outs)
+        order = torch.argsort(batch.lengths.cpu(), stable=True).to(batch.lengths.device)
+        out = None
+        for start in range(0, len(batch), self.chunk):
+            rows = order[start:start + self.chunk]
+            part = batch.select(rows)
+            if gates is None:
+                logits = scored_logits(self.model, part)
+            else:
+                T = int(part.lengths.max())
+                scales = record_norm_scales(self.model, part.tokens[:, :T]) if self.freeze_norms else None
+                with gated(self.model, self.layout, gates, self.means, scales):
+                    logits = scored_logits(self.model, part, frozen_norms=self.freeze_norms)
+            if out is None:
+                out = logits.new_empty(len(batch), logits.shape[-1])
+            out[rows] = logits
+        return out
 
     def loss(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: dict | None = None) -> float:
         return self.metrics(batch, gates, calibration)["loss"]
@@ -249,7 +266,7 @@ class Pruner:
             T = int(batch.lengths.max())
             scales = record_norm_scales(self.model, batch.tokens[:, :T]) if self.cfg.freeze_norms else None
             with gated(self.model, self.layout, gates, self.means, scales):
-                z, y = oriented_logit_diff(scored_logits(self.model, batch), batch)
+                z, y = oriented_logit_diff(scored_logits(self.model, batch, frozen_norms=scales is not None), batch)
             task_loss = two_way_loss(z, y)
             loss = task_loss + settings["k_coef"] * mask.penalty()
             for extra in mask.extra_losses().values():
