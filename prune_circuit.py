@@ -5,8 +5,8 @@
     python prune_circuit.py --checkpoint runs/cpu-small --task all --out runs/cpu-small/circuits
     python prune_circuit.py --checkpoint path/to/openai_model_dir --task bracket_counting
 
-Writes OUT/<task>/circuit.json (nodes, edges, calibration, bisection curve, validation metrics) and
-prints a table: full-model loss and accuracy, circuit loss, nodes, edges, necessity, random baseline.
+Writes OUT/<task>/circuit.json (nodes, edges, calibration, bisection curve, validation metrics), the
+diagram circuit.png / circuit.svg and the interactive viewer circuit.html beside it, and prints a table: full-model loss and accuracy, circuit loss, nodes, edges, necessity, random baseline.
 """
 import argparse
 import math
@@ -45,6 +45,8 @@ def parse_args(argv=None):
     p.add_argument("--search-runs", type=int, default=d.search_runs, help="mask runs in the k_coef/lr/seed search")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for prompts and masks")
     p.add_argument("--no-control", action="store_true", help="skip the nonsense-task control")
+    p.add_argument("--no-html", action="store_true",
+                   help="skip the interactive circuit.html (its node panels take ~0.1 s per node on the CPU model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
     for name in names:
         try:
             circuit = pipeline.extract(name, out / name, progress=not args.no_progress,
-                                       with_control=not args.no_control)
+                                       with_control=not args.no_control, viewer=not args.no_html)
         except TargetUnreachableError as e:
             print(f"{name}: skipped: {e}", file=sys.stderr)
             rows.append({"task": name, "metrics": {"skipped": e.full}})

@@ -1,9 +1,25 @@
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from planted import prune_planted
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def planted():
     """The planted model pruned once with the default test settings (about 5 s)."""
     return prune_planted()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A real checkpoint: configs/tiny.yaml trained for 20 steps (about 15 s)."""
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.yaml", "--no-progress",
+                           "--out", str(out), "--steps", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return out

@@ -20,8 +20,18 @@ def test_main_job_shortened(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "done: val loss" in proc.stdout and "unigram baseline" in proc.stdout
     assert "single_double_quote" in proc.stdout and "necessity" in proc.stdout  # the circuit table
-    circuit = json.loads((out / "circuits" / "single_double_quote" / "circuit.json").read_text())
+    circuit_dir = out / "circuits" / "single_double_quote"
+    circuit = json.loads((circuit_dir / "circuit.json").read_text())
     assert circuit["schema"] == "sparse_gpt.circuit/1" and circuit["metrics"]["nodes"] > 0
+    page = (circuit_dir / "circuit.html").read_text()
+    assert page.count('<circle class="node"') == circuit["metrics"]["nodes"] and "Top-activating" in page
+    assert (circuit_dir / "circuit.png").exists() and (circuit_dir / "circuit.svg").exists()
+    # re-rendering finds the checkpoint through circuit.json and reuses the cached explanations
+    (circuit_dir / "circuit.html").unlink()
+    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(circuit_dir / "circuit.json"),
+                           "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (circuit_dir / "circuit.html").exists() and "computing" not in proc.stderr
 
 
 def test_prune_cli_errors(tmp_path):

@@ -32,10 +32,14 @@ def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path):
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
     assert "1.attn.q[0]" in (tmp_path / "circuit.svg").read_text()  # labels are drawn for small circuits
     path = save_circuit(circuit, tmp_path / "again" / "circuit.json")
-    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path), "--static-only"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "again" / "circuit.png").exists()
+    # circuit.html needs the model for its node panels: this artefact names no checkpoint
+    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path)], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and "circuit.html not written" in proc.stderr and "--static-only" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(tmp_path / "missing.json")], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no circuit file" in proc.stderr

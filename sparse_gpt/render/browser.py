@@ -68,6 +68,7 @@ def headless_chromium(width: int = 1600, height: int = 1000) -> Iterator:
 class PageReport:
     nodes_drawn: int
     console_errors: list[str] = field(default_factory=list)
+    tooltip: str = ""                     # what hovering the clicked node showed
     panel_title: str | None = None        # the heading of the node panel after the click
     panel_text: str = ""
     screenshot: Path | None = None
@@ -75,7 +76,9 @@ class PageReport:
 
 def inspect_viewer(html_path: str | Path, click: str | None = None, screenshot: str | Path | None = None,
                    width: int = 1600, height: int = 1000) -> PageReport:
-    """Load the page, count drawn nodes, click node `click` (if given) and screenshot the result."""
+    """Load the page, count drawn nodes, hover and click node `click` (if given) with the mouse,
+    and screenshot the result."""
+    from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
     url = Path(html_path).resolve().as_uri()
@@ -87,7 +90,9 @@ def inspect_viewer(html_path: str | Path, click: str | None = None, screenshot: 
             target = [n for n in nodes if n.get_attribute("data-name") == click]
             if not target:
                 raise ValueError(f"no node {click!r} drawn in {html_path}")
-            driver.execute_script("arguments[0].dispatchEvent(new MouseEvent('click', {bubbles: true}))", target[0])
+            ActionChains(driver).move_to_element(target[0]).perform()
+            report.tooltip = driver.find_element(By.ID, "tooltip").text
+            ActionChains(driver).click(target[0]).perform()
             panel = driver.find_element(By.ID, "panel")
             if panel.is_displayed():
                 report.panel_title = panel.find_element(By.TAG_NAME, "h2").text

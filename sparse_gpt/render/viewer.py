@@ -32,16 +32,21 @@ def _finite(obj):
 def _diagram_svg(circuit: dict) -> str:
     lay = circuit_layout(circuit)
     top = max(lay.row_labels, default=0.0)
+    # labels grow with the drawing, which the page scales down to fit its pane
+    row_font = max(10.0, 0.011 * (MARGIN_LEFT + lay.width * DX))
+    ch_font, grow = max(7.0, 0.45 * row_font), row_font / 10  # grow: node and edge size with the fonts
+    left = max(MARGIN_LEFT, 10 * row_font)  # room for "L3 mlp.resid_delta"
     # rows spread out so a wide circuit still fills a landscape pane instead of a thin strip
     dy = max(DY, 0.55 * lay.width * DX / (top + 2))
-    px = lambda x: MARGIN_LEFT + x * DX
+    px = lambda x: left + x * DX
     py = lambda y: MARGIN + (top - y) * dy
     width, height = px(lay.width) + MARGIN, py(-1.0) + MARGIN
     out = [f'<svg id="diagram" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width:.0f} {height:.0f}" '
-           f'data-width="{width:.0f}" data-height="{height:.0f}">', '<g id="viewport">']
+           f'data-width="{width:.0f}" data-height="{height:.0f}">', 
+           f'<style>.rowlabel {{ font-size: {row_font:.0f}px }} .chlabel {{ font-size: {ch_font:.0f}px }}</style>']
     for y, label in lay.row_labels.items():
-        out.append(f'<line class="row" x1="{MARGIN_LEFT - 10:.0f}" x2="{width - MARGIN:.0f}" y1="{py(y):.1f}" '
-                   f'y2="{py(y):.1f}"/><text class="rowlabel" x="{MARGIN_LEFT - 14:.0f}" y="{py(y) + 4:.1f}">'
+        out.append(f'<line class="row" x1="{left - 10:.0f}" x2="{width - MARGIN:.0f}" y1="{py(y):.1f}" '
+                   f'y2="{py(y):.1f}"/><text class="rowlabel" x="{left - 14:.0f}" y="{py(y) + row_font / 3:.1f}">'
                    f'{html.escape(label)}</text>')
     for c, (lo, hi) in lay.channel_span.items():
         x = px(lay.channels.index(c))
@@ -52,12 +57,12 @@ def _diagram_svg(circuit: dict) -> str:
         (x1, y1), (x2, y2) = lay.positions[e["source"]], lay.positions[e["target"]]
         colour = EDGE_COLOURS["positive" if e["weight"] > 0 else "negative"]
         out.append(f'<line class="edge" data-i="{i}" x1="{px(x1):.1f}" y1="{py(y1):.1f}" x2="{px(x2):.1f}" '
-                   f'y2="{py(y2):.1f}" stroke="{colour}" stroke-width="{0.4 + 2.6 * abs(e["weight"]) / wmax:.2f}"/>')
+                   f'y2="{py(y2):.1f}" stroke="{colour}" stroke-width="{grow * (0.4 + 2.6 * abs(e["weight"]) / wmax):.2f}"/>')
     for n in circuit["nodes"]:
         x, y = lay.positions[n["name"]]
         out.append(f'<circle class="node" data-name="{html.escape(n["name"])}" cx="{px(x):.1f}" cy="{py(y):.1f}" '
-                   f'r="5" fill="{KIND_COLOURS[n["kind"]]}"/>')
-    out.append("</g></svg>")
+                   f'r="{min(7.5, 5 * grow):.1f}" fill="{KIND_COLOURS[n["kind"]]}"/>')
+    out.append("</svg>")
     return "\n".join(out)
 
 
@@ -163,7 +168,7 @@ main { display: flex; height: 70vh; }
 #panel table { border-collapse: collapse; } #panel td { padding: 1px 8px 1px 0; }
 .close { float: right; cursor: pointer; border: none; background: none; font-size: 18px; }
 .edge { opacity: 0.5; } .channel { stroke: #ccc; stroke-width: 1; } .row { stroke: #f0f0f0; }
-.rowlabel { font-size: 10px; fill: #888; text-anchor: end; } .chlabel { font-size: 7px; fill: #aaa; text-anchor: middle; }
+.rowlabel { fill: #888; text-anchor: end; } .chlabel { fill: #aaa; text-anchor: middle; }
 .node { stroke: #fff; stroke-width: 1; cursor: pointer; } .node:hover { stroke: #000; stroke-width: 2; }
 svg.focus .edge { opacity: 0.06; } svg.focus .node { opacity: 0.25; }
 svg.focus .edge.hl { opacity: 0.95; } svg.focus .node.hl { opacity: 1; }
@@ -192,7 +197,7 @@ a.nodelink { color: #1a5fb4; cursor: pointer; text-decoration: none; } a.nodelin
 <script>
 "use strict";
 const D = JSON.parse(document.getElementById("viewer-data").textContent);
-const svg = document.getElementById("diagram"), viewport = document.getElementById("viewport");
+const svg = document.getElementById("diagram");
 const panel = document.getElementById("panel"), tooltip = document.getElementById("tooltip");
 const byName = new Map(D.nodes.map(n => [n.name, n]));
 const inEdges = new Map(), outEdges = new Map();
@@ -236,7 +241,7 @@ svg.addEventListener("mouseout", ev => { if (ev.target.closest("circle.node")) t
 function contextHtml(c, scale) {
   const toks = c.tokens.map((t, i) => {
     const a = c.activations[i];
-    const alpha = (a === null || !scale) ? 0 : Math.min(1, Math.abs(a) / scale);
+    const alpha = (a === null || !scale) ? 0 : 0.8 * Math.min(1, Math.abs(a) / scale);  // text stays legible
     const rgb = (a !== null && a < 0) ? "31,119,180" : "214,39,40";
     return `<span class="tok${i === c.focus ? " focus" : ""}" style="background:rgba(${rgb},${alpha.toFixed(2)})" ` +
       `title="${a === null ? "" : fmt(a, 4)}">${esc(visible(t))}</span>`;
@@ -275,6 +280,9 @@ function openPanel(name) {
       `<div style="color:#777">on ${D.details.n_prompts} templated prompts</div>`;
   }
   s += edgeTable(byAbs(inEdges.get(name)), "source", "Inputs") + edgeTable(byAbs(outEdges.get(name)), "target", "Outputs");
+  if (n.kind === "attn_q" || n.kind === "attn_k")
+    s += `<div style="color:#777">q and k channels have no output weights: they act through the attention pattern ` +
+      `(q channel i meets k channel i of the same head)</div>`;
   const ex = det && det.explanation;
   if (ex) {
     s += `<h3>Top-activating contexts (${ex.n_tokens.toLocaleString()} pretraining tokens)</h3>` + contextsHtml(ex.top) +
