@@ -18,7 +18,8 @@ def render_static(circuit: dict, out_prefix: str | Path) -> list[Path]:
     nodes = circuit["nodes"]
     many = len(nodes) > 60
     fig_w = min(40.0, 4 + 0.22 * lay.width)
-    fig_h = min(30.0, 2 + 0.45 * (max((y for _, y in lay.positions.values()), default=0) + 1))
+    rows = max((y for _, y in lay.positions.values()), default=0) + 1
+    fig_h = min(30.0, max(2 + 0.45 * rows, 0.45 * fig_w))  # a wide circuit gets taller rows, not a strip
     fig, ax = plt.subplots(figsize=(fig_w, fig_h))
     for c, (lo, hi) in lay.channel_span.items():  # residual channels
         x = lay.channels.index(c)
@@ -30,11 +31,11 @@ def render_static(circuit: dict, out_prefix: str | Path) -> list[Path]:
         segs = [(lay.positions[e["source"]], lay.positions[e["target"]]) for e in edges]
         colours = [EDGE_COLOURS["positive" if e["weight"] > 0 else "negative"] for e in edges]
         widths = [0.3 + 2.2 * abs(e["weight"]) / wmax for e in edges]
-        ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.55, zorder=1))
+        ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.4, zorder=1))
     for kind, colour in KIND_COLOURS.items():
         pts = [lay.positions[n["name"]] for n in nodes if n["kind"] == kind]
         if pts:
-            ax.scatter(*zip(*pts), s=14 if many else 40, color=colour, label=kind, zorder=2, edgecolors="white",
+            ax.scatter(*zip(*pts), s=30 if many else 40, color=colour, label=kind, zorder=2, edgecolors="white",
                        linewidths=0.5)
     if not many:
         for n in nodes:
