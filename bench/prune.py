@@ -34,8 +34,72 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--steps", type=int, help="mask steps per run (default: PruneConfig's)")
     p.add_argument("--search-runs", type=int, help="mask runs (default: PruneConfig's)")
+    p.add_argument("--compare-paths", type=int, default=0, metavar="N",
+                   help="also time N interleaved repeats of one mask step and one held-out evaluation, "
+                        "the previous way (full logits, one unsorted chunk, sub+mul mix) vs the current")
     p.add_argument("--out", help="JSON path (default bench/results/prune_<device>.json)")
     return p.parse_args(argv)
+
+
+def compare_paths(pruner, best, device: str, repeats: int) -> dict:
+    """Median seconds of one mask-training step and one held-out evaluation, old vs new code paths."""
+    from bench.common import interleaved, median
+    from sparse_gpt.prune import masks
+    from sparse_gpt.prune.pruner import oriented_logit_diff, scored_logits, two_way_loss
+
+    model, layout, means = pruner.model, pruner.layout, pruner.means
+    gen = torch.Generator().manual_seed(0)
+    batch = pruner._sample(gen)
+    tau = torch.nn.Parameter(best.scores.clone().to(device))
+    new_mix = masks._mix
+
+    def old_mix(x, gate, mean):
+        return mean + (x - mean) * gate
+
+    def mask_step(old: bool):
+        def fn():
+            masks._mix = old_mix if old else new_mix
+            try:
+                gates = (tau > 0).float() + tau - tau.detach()  # straight-through, as a stand-in
+                T = int(batch.lengths.max())
+                with masks.gated(model, layout, gates, means):
+                    logits = scored_logits(model, batch, frozen_norms=old)  # old: full logits + gather
+                z, y = oriented_logit_diff(logits, batch)
+                two_way_loss(z, y).backward()
+                tau.grad = None
+            finally:
+                masks._mix = new_mix
+        return fn
+
+    def evaluation(old: bool):
+        def fn():
+            masks._mix = old_mix if old else new_mix
+            chunk, freeze = pruner.eval.chunk, pruner.eval.freeze_norms
+            try:
+                if old:  # one chunk of all held-out prompts, full logits
+                    pruner.eval.chunk = len(pruner.heldout)
+                    with torch.no_grad(), masks.gated(model, layout, best.keep.float().to(device), means):
+                        T = int(pruner.heldout.lengths.max())
+                        logits = model(pruner.heldout.tokens[:, :T])
+                        logits[torch.arange(len(pruner.heldout)), pruner.heldout.positions]
+                else:
+                    pruner.eval.logits(pruner.heldout, best.keep.float().to(device))
+            finally:
+                masks._mix = new_mix
+                pruner.eval.chunk, pruner.eval.freeze_norms = chunk, freeze
+        return fn
+
+    fns = {"mask_step_old": mask_step(True), "mask_step_new": mask_step(False),
+           "eval_old": evaluation(True), "eval_new": evaluation(False)}
+    times = interleaved(fns, device, repeats)
+    med = {k: median(v) for k, v in times.items()}
+    out = {"repeats": repeats, "median_s": med,
+           "mask_step_speedup": med["mask_step_old"] / med["mask_step_new"],
+           "eval_speedup": med["eval_old"] / med["eval_new"]}
+    print(f"paths ({repeats} interleaved repeats): mask step {med['mask_step_old'] * 1e3:.0f} -> "
+          f"{med['mask_step_new'] * 1e3:.0f} ms ({out['mask_step_speedup']:.2f}x), held-out evaluation "
+          f"{med['eval_old'] * 1e3:.0f} -> {med['eval_new'] * 1e3:.0f} ms ({out['eval_speedup']:.2f}x)")
+    return out
 
 
 def main(argv=None) -> int:
@@ -56,6 +120,7 @@ def main(argv=None) -> int:
     sync(device)
     search_s = time.perf_counter() - t0
     edges = circuit_edges(loaded.model, pipe.layout, best.keep)
+    paths = compare_paths(pruner, best, device, args.compare_paths) if args.compare_paths else None
     rows = []
     for i, r in enumerate(runs):
         rows.append({"run": i + 1, "k_coef": r.settings["k_coef"], "lr": r.settings["lr"], "nodes": r.n_nodes,
@@ -76,7 +141,7 @@ def main(argv=None) -> int:
         "circuit_s": search_s, "mask_training_s": mask_s, "discretise_s": search_s - mask_s,
         "pruner_setup_s": build_s, "best": {"nodes": best.n_nodes, "edges": len(edges), "loss": best.loss,
                                             "calibrated_loss": best.calibration["loss"]},
-        "runs": rows}, args.out)
+        "runs": rows, "paths": paths}, args.out)
     return 0
 
 

@@ -153,3 +153,14 @@ def test_context_too_long():
     model = GPT(small_config())
     with pytest.raises(ValueError, match="longer than the context"):
         model(torch.zeros(1, 17, dtype=torch.long))
+
+
+def test_logits_at_positions_equal_the_full_logits_there():
+    torch.manual_seed(0)
+    model = GPT(small_config(bigram_table=True))
+    with torch.no_grad():
+        model.bigram_table.normal_()
+    idx = torch.randint(0, model.config.vocab_size, (5, 12))
+    pos = torch.tensor([0, 11, 3, 7, 7])
+    full = model(idx)
+    torch.testing.assert_close(model(idx, positions=pos), full[torch.arange(5), pos])

@@ -166,3 +166,19 @@ def test_node_means_are_cached_beside_the_checkpoint(tmp_path):
     assert len(logs) == 1  # the second call read the cache
     load_or_compute_means(model, layout, tok, tmp_path, "fp2", data, n_tokens=2048, log=logs.append)
     assert len(logs) == 2  # other weights: recomputed, never a stale cache
+
+
+def test_chunked_evaluation_matches_one_forward(planted):
+    """The evaluator's length-sorted chunks and scored-position logits give the one-pass logits."""
+    model, tok, task, layout, means, pruner, run = planted
+    batch = pruner.heldout
+    gates = run.keep.float()
+    ev = pruner.eval
+    for chunk in (3, 64, 10_000):
+        ev.chunk = chunk
+        got = ev.logits(batch, gates)
+        T = int(batch.lengths.max())
+        with torch.no_grad(), gated(model, layout, gates, pruner.means):
+            full = model(batch.tokens[:, :T])[torch.arange(len(batch)), batch.positions]
+        torch.testing.assert_close(got, full)
+    ev.chunk = 64
