@@ -61,7 +61,6 @@ def compare_paths(pruner, best, device: str, repeats: int) -> dict:
             masks._mix = old_mix if old else new_mix
             try:
                 gates = (tau > 0).float() + tau - tau.detach()  # straight-through, as a stand-in
-                T = int(batch.lengths.max())
                 with masks.gated(model, layout, gates, means):
                     logits = scored_logits(model, batch, frozen_norms=old)  # old: full logits + gather
                 z, y = oriented_logit_diff(logits, batch)

@@ -37,7 +37,7 @@ def test_top_and_bottom_contexts_match_a_brute_force_search():
         torch.testing.assert_close(rec["contexts"][side, :, :, SMALL.before].float(),
                                    rec["values"][side, :SMALL.n_contexts], atol=2e-3, rtol=2e-3)
     again = compute_node_contexts(model, layout, windows, SMALL)
-    assert all(torch.equal(rec[k], again[k], ) for k in ("values", "positions"))  # deterministic
+    assert all(torch.equal(rec[k], again[k]) for k in ("values", "positions"))  # deterministic
 
 
 def test_the_planted_quote_detector_is_explained_by_double_quotes():

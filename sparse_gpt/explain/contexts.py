@@ -21,7 +21,6 @@ from ..tensor_cache import load_or_compute
 from ..tokenizer import decode
 
 CONTEXTS_FILE = "node_contexts.safetensors"
-_SIDES = ("top", "bottom")
 
 
 @dataclass(frozen=True)
