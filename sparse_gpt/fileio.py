@@ -70,3 +70,11 @@ def sha256_file(path: Path) -> str:
         while chunk := f.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def atomic_save_figure(fig, path: Path, **savefig_kwargs) -> Path:
+    """Save a matplotlib Figure atomically; the format follows the file's suffix."""
+    path = Path(path)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format=path.suffix.lstrip("."), **savefig_kwargs)
+    return path

@@ -1,10 +1,19 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+# One intra-op thread per process, set before torch is imported: on a 2-core machine torch's default
+# pool oversubscribes the cores (tests/test_prune.py took 10x longer). Subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from planted import prune_planted
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from planted import prune_planted  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 ROOT = Path(__file__).resolve().parents[1]
 
