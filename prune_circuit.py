@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from sparse_gpt.checkpoint import CheckpointError
-from sparse_gpt.loading import load_any, resolve_device
+from sparse_gpt.config import resolve_device
+from sparse_gpt.loading import load_any
 from sparse_gpt.prune.circuit import CircuitError
 from sparse_gpt.prune.extract import CircuitPipeline, geometric_mean
 from sparse_gpt.prune.pruner import PruneConfig, TargetUnreachableError

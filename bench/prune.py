@@ -21,7 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment, print_table, sync, write_json  # noqa: E402
-from sparse_gpt.loading import load_any, resolve_device  # noqa: E402
+from sparse_gpt.config import resolve_device  # noqa: E402
+from sparse_gpt.loading import load_any  # noqa: E402
 from sparse_gpt.prune.extract import CircuitPipeline  # noqa: E402
 from sparse_gpt.prune.nodes import circuit_edges  # noqa: E402
 from sparse_gpt.prune.pruner import PruneConfig  # noqa: E402

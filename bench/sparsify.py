@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment, interleaved, median, print_table, write_json  # noqa: E402
 from bench.train_step import PRESETS, shape_from_args  # noqa: E402
 from sparse_gpt.config import ModelConfig, SparsityConfig  # noqa: E402
-from sparse_gpt.loading import resolve_device  # noqa: E402
+from sparse_gpt.config import resolve_device  # noqa: E402
 from sparse_gpt.model import GPT  # noqa: E402
 from sparse_gpt.sparsity import keep_topk_group_, sparse_tensors  # noqa: E402
 

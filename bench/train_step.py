@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment, interleaved, median, print_table, write_json  # noqa: E402
 from sparse_gpt.config import ModelConfig, SparsityConfig, TrainConfig  # noqa: E402
 from sparse_gpt.flops import flops_per_token, peak_flops  # noqa: E402
-from sparse_gpt.loading import resolve_device  # noqa: E402
+from sparse_gpt.config import resolve_device  # noqa: E402
 from sparse_gpt.model import GPT, AbsTopK  # noqa: E402
 from sparse_gpt.sparsity import SparseAdam  # noqa: E402
 from sparse_gpt.trainer import cross_entropy  # noqa: E402

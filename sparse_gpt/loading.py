@@ -5,11 +5,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .config import ConfigError, DataConfig, config_from_dict
+from .config import DataConfig, config_from_dict
 from .fileio import sha256_file
 from .model import GPT
 from .openai_format import is_openai_dir, load_openai_model
@@ -45,10 +44,3 @@ def load_any(path: str | Path, device: str = "cpu") -> LoadedModel:
     return LoadedModel(model.to(device).eval(), load_tokenizer(ck.tokenizer_path), ck.path, fingerprint, cfg.data,
                        "sparse_gpt")
 
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' requested but torch sees no CUDA GPU (use --device cpu)")
-    return name

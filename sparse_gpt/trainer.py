@@ -24,11 +24,10 @@ import yaml
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
-from .config import Config, ConfigError, config_from_dict, dump_config
+from .config import Config, ConfigError, config_from_dict, dump_config, resolve_device
 from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
 from .fileio import atomic_write_text
 from .flops import flops_per_token, peak_flops
-from .loading import resolve_device
 from .model import GPT
 from .sparsity import SparseAdam
 

@@ -10,7 +10,8 @@ import sys
 
 from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.explain import ExplainSettings, node_contexts
-from sparse_gpt.loading import load_any, resolve_device
+from sparse_gpt.config import resolve_device
+from sparse_gpt.loading import load_any
 
 
 def main(argv=None) -> int:

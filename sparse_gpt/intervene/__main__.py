@@ -13,7 +13,8 @@ import sys
 
 from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.intervene import ablation_values, format_effects, intervene
-from sparse_gpt.loading import load_any, resolve_device
+from sparse_gpt.config import resolve_device
+from sparse_gpt.loading import load_any
 from sparse_gpt.prune.means import load_or_compute_means
 from sparse_gpt.prune.nodes import NodeLayout
 from sparse_gpt.tasks import TaskError, get_task

@@ -45,7 +45,8 @@ def main(argv=None) -> int:
 def render_viewer(circuit: dict, circuit_path: str, checkpoint: str | None, prefix: Path, device: str,
                   progress: bool) -> Path:
     from sparse_gpt.explain import node_contexts
-    from sparse_gpt.loading import load_any, resolve_device
+    from sparse_gpt.config import resolve_device
+    from sparse_gpt.loading import load_any
     from sparse_gpt.prune.means import load_or_compute_means
     from sparse_gpt.prune.nodes import NodeLayout
     from sparse_gpt.render import node_details, render_html
