@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import ModelConfig
+from .sink_attention import sink_attention
 
 
 class HookPoint(nn.Module):
@@ -115,6 +116,7 @@ class CausalSelfAttention(nn.Module):
         # A sink is an extra key/value slot with k = v = 0 whose score is a learned per-head logit;
         # it lets a head attend "nowhere", which thresholding heads need.
         self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
+        self.flash_sink = True  # False: the masked reference path (benchmarks compare the two)
         self.sparse_q = _act_sparsity(cfg, "q", width)
         self.sparse_k = _act_sparsity(cfg, "k", width)
         self.sparse_v = _act_sparsity(cfg, "v", width)
@@ -136,14 +138,7 @@ class CausalSelfAttention(nn.Module):
         if self.sink_logit is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            zero = q.new_zeros(B, self.n_head, 1, self.d_head)
-            k = torch.cat([zero, k], dim=2)  # (B, nh, 1+T, hs)
-            v = torch.cat([zero, v], dim=2)  # (B, nh, 1+T, hs)
-            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-            mask = torch.zeros(self.n_head, T, T + 1, dtype=q.dtype, device=x.device)
-            mask[:, :, 1:].masked_fill_(~causal, float("-inf"))
-            mask[:, :, 0] = self.sink_logit.to(q.dtype)[:, None]  # q . 0 = 0, so the score is the logit
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = sink_attention(q, k, v, self.sink_logit, flash=self.flash_sink)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.d_head)  # (B, T, nh*hs)
         return self.hook_resid_delta(self.sparse_out(self.c_proj(y)))
 
