@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .sink_attention import sink_attention
+from .topk import keep_mask
 
 
 class HookPoint(nn.Module):
@@ -40,23 +41,12 @@ def abs_topk_reference(x: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _row_keep_mask(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of exactly k entries per row (last dim): |x| >= the row's k-th largest |x|, ties
-    at that value filled in index order. The threshold comes from numpy.partition on CPU (about 4x
-    faster than torch.topk there) and torch.kthvalue elsewhere; no host-device sync on the GPU."""
+    """Bool mask of exactly k entries per row (last dim) by the shared exact top-k rule (sparse_gpt.topk):
+    |x| above the row's k-th largest |x|, ties at that value filled in index order. Works in x's
+    dtype (no fp32 copy of bf16 activations); no host-device sync on the GPU."""
     W = x.shape[-1]
     a = x.detach().abs()
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
-        import numpy as np
-        part = np.partition(a.reshape(-1, W).numpy(), W - k, axis=-1)[:, W - k]
-        thr = torch.from_numpy(part).view(*a.shape[:-1], 1)
-    else:
-        thr = a.float().kthvalue(W - k + 1, dim=-1, keepdim=True).values.to(a.dtype)
-    keep = a >= thr
-    if not a.is_cuda and not bool((keep.sum(-1) > k).any()):
-        return keep
-    eq = a == thr
-    need = k - (keep & ~eq).sum(-1, keepdim=True)
-    return (keep & ~eq) | (eq & (eq.cumsum(-1) <= need))
+    return keep_mask(a.reshape(-1, W), k).view(a.shape)
 
 
 class _AbsTopK(torch.autograd.Function):
@@ -64,12 +54,12 @@ class _AbsTopK(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
         keep = _row_keep_mask(x, k)
         ctx.save_for_backward(keep)  # a bool per entry: less memory than k int64 indices per row
-        return x.masked_fill(~keep, 0.0)
+        return torch.where(keep, x, x.new_zeros(()))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return grad.masked_fill(~keep, 0.0), None
+        return torch.where(keep, grad, grad.new_zeros(())), None
 
 
 def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:

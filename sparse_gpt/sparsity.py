@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .config import ConfigError, SparsityConfig, TrainConfig
+from .topk import METHODS as TOPK_RULE_METHODS, keep_mask
 
 # Which weights are sparse, at which density, and along which axis a unit (neuron, q/k/v channel)
 # lies: c_attn and c_fc own a unit per output row, the c_proj's per input column.
@@ -87,18 +88,12 @@ def keep_topk_reference_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int 
     w.masked_fill_(~mask.view_as(w), 0.0)
 
 
-TOPK_METHODS = ("auto", "reference", "partition", "kthvalue")
+TOPK_METHODS = ("reference",) + tuple(m for m in TOPK_RULE_METHODS)
 
 
-def _scores(ws: list[torch.Tensor], floor: int, unit_dim: int | None, method: str = "kthvalue") -> torch.Tensor:
+def _scores(ws: list[torch.Tensor], floor: int, unit_dim: int | None, method: str = "topk") -> torch.Tensor:
     """(G, numel) magnitudes of same-shape tensors, each unit's top `floor` raised to +inf."""
-    dtype = ws[0].dtype if ws[0].dtype in (torch.float32, torch.float64) else torch.float32  # numpy has no bf16
-    score = torch.empty((len(ws), *ws[0].shape), dtype=dtype, device=ws[0].device)
-    for i, w in enumerate(ws):
-        if w.dtype == dtype:
-            torch.abs(w.detach(), out=score[i])
-        else:
-            score[i].copy_(w.detach().abs())
+    score = torch.stack([w.detach() for w in ws]).abs_()  # one copy for the group
     if floor and unit_dim is not None:
         reduce_dim = 2 - unit_dim  # dims of the stacked (G, rows, cols) tensor
         f = min(floor, score.shape[reduce_dim])
@@ -124,32 +119,6 @@ def _protect_by_partition_(score: torch.Tensor, f: int, reduce_dim: int) -> bool
     return True
 
 
-def _kth_largest(score: torch.Tensor, k: int, method: str) -> torch.Tensor:
-    """(G,) the k-th largest entry of every row of score (G, n)."""
-    n = score.shape[1]
-    if method == "partition":
-        # numpy's introselect on a zero-copy view: about 3x faster than torch.topk on CPU
-        import numpy as np
-        part = np.partition(score.numpy(), n - k, axis=1)
-        return torch.from_numpy(part[:, n - k].copy())
-    return score.kthvalue(n - k + 1, dim=1).values  # the (n-k+1)-th smallest = the k-th largest
-
-
-def threshold_keep_mask(score: torch.Tensor, k: int, method: str = "kthvalue") -> torch.Tensor:
-    """(G, n) bool: exactly k entries per row, those >= the row's k-th largest value; among entries
-    tied with that value, the first in index order fill the remaining places. No host-device sync."""
-    thr = _kth_largest(score, k, method).to(score.device)[:, None]
-    keep = score >= thr
-    # Ties at the threshold can push the count above k; keep only the first `need` of them. A tie
-    # at a zero threshold changes nothing (those weights are zero either way), but stay exact.
-    n_keep = keep.sum(1, keepdim=True)
-    if score.is_cuda or bool((n_keep > k).any()):
-        eq = score == thr
-        need = k - (keep & ~eq).sum(1, keepdim=True)
-        keep = (keep & ~eq) | (eq & (eq.cumsum(1) <= need))
-    return keep
-
-
 @torch.no_grad()
 def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: int | None = None,
                      method: str = "auto") -> None:
@@ -158,7 +127,7 @@ def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: i
     if not ws or k >= ws[0].numel():
         return
     if method == "auto":
-        method = "kthvalue" if ws[0].is_cuda else "partition"
+        method = "partition" if ws[0].device.type == "cpu" and ws[0].dtype in (torch.float32, torch.float64) else "topk"
     if method == "reference":
         for w in ws:
             keep_topk_reference_(w, k, floor, unit_dim)
@@ -166,8 +135,8 @@ def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: i
     if method not in TOPK_METHODS:
         raise ValueError(f"unknown top-k method {method!r}; one of {TOPK_METHODS}")
     if method == "partition" and ws[0].is_cuda:
-        method = "kthvalue"
-    keep = threshold_keep_mask(_scores(ws, floor, unit_dim, method), k, method)
+        method = "topk"
+    keep = keep_mask(_scores(ws, floor, unit_dim, method), k, method)
     for w, m in zip(ws, keep):
         w.masked_fill_(~m.view_as(w), 0.0)
 
@@ -175,7 +144,8 @@ def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: i
 def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = None, method: str = "auto") -> None:
     """Zero all but exactly k entries of w in place: each unit's top `floor`, then the largest |w|.
 
-    The default is an exact threshold selection (numpy.partition on CPU, torch.kthvalue on the GPU);
+    The default is an exact threshold selection (sparse_gpt.topk: numpy.partition on CPU, torch.topk's
+    values elsewhere);
     method="reference" is the plain torch.topk version the tests compare it with."""
     keep_topk_group_([w], k, floor, unit_dim, method)
 

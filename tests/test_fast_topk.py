@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from sparse_gpt.model import abs_topk, abs_topk_reference
-from sparse_gpt.sparsity import keep_topk_, keep_topk_group_, keep_topk_reference_, threshold_keep_mask
+from sparse_gpt.sparsity import keep_topk_, keep_topk_group_, keep_topk_reference_
+from sparse_gpt.topk import fill_ties, keep_mask
 
-METHODS = ("partition", "kthvalue")
+METHODS = ("partition", "topk", "kthvalue")
 
 
 def _random_weight(gen, shape, ties: bool, zeros: bool) -> torch.Tensor:
@@ -63,10 +64,50 @@ def test_threshold_top_k_with_ties_and_zeros(method):
 def test_threshold_mask_keeps_exactly_k_per_row_under_ties():
     score = torch.tensor([[3.0, 1.0, 1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]])
     for method in METHODS:
-        keep = threshold_keep_mask(score, 3, method)
+        keep = keep_mask(score, 3, method)
         assert keep.sum(1).tolist() == [3, 3]
         assert keep[0].tolist() == [True, True, False, False, False, True]  # first tie in index order
         assert keep[1].tolist() == [True, True, True, False, False, False]
+
+
+def _rule_reference(score: torch.Tensor, k: int) -> torch.Tensor:
+    """The tie rule spelled out: a stable sort by descending value keeps equal values in index
+    order, so its first k entries are the ones the rule keeps."""
+    order = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :k]
+    return torch.zeros_like(score, dtype=torch.bool).scatter_(1, order, True)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("n", [6, 97, 1024, 3000, 5 * 1024])  # one block, a prime length, several blocks
+def test_keep_mask_follows_the_tie_rule(method, n):
+    gen = torch.Generator().manual_seed(n)
+    for trial in range(6):
+        score = torch.randint(0, (2, 5, 50, 10 ** 6)[trial % 4], (7, n), generator=gen).float()
+        for k in sorted({1, 2, n // 3, n // 2, n - 1, n}):
+            assert torch.equal(keep_mask(score, k, method), _rule_reference(score, k)), (trial, k)
+
+
+def test_fill_ties_fills_across_blocks_in_index_order():
+    n = 4096  # blocks of 1024
+    tied = torch.zeros(3, n, dtype=torch.bool)
+    tied[:, ::7] = True
+    above = torch.zeros(3, n, dtype=torch.bool)
+    above[:, 1::7] = True
+    k = int(above[0].sum()) + 300  # the quota runs out inside the third block
+    keep = fill_ties(above, tied, k)
+    assert keep.sum(1).tolist() == [k] * 3
+    first = torch.nonzero(tied[0]).flatten()[:300]
+    expect = above[0].clone()
+    expect[first] = True
+    assert torch.equal(keep[0], expect)
+
+
+def test_keep_mask_bf16_and_float64():
+    gen = torch.Generator().manual_seed(5)
+    score = torch.randn(9, 300, generator=gen).abs()
+    for dtype in (torch.bfloat16, torch.float64):  # bf16 has many ties; numpy has no bf16
+        s = score.to(dtype)
+        assert torch.equal(keep_mask(s, 77), _rule_reference(s, 77))
 
 
 def test_grouped_top_k_equals_one_call_per_tensor():
