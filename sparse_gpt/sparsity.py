@@ -177,8 +177,11 @@ class SparseAdam:
         # Decay only matrices; the bigram table is a dense lookup the paper leaves undecayed.
         bigram = getattr(model, "bigram_table", None)
         self.decayed = [p for p in self.params if p.dim() >= 2 and p is not bigram]
+        # On the GPU one fused kernel updates every parameter; CPU keeps the default (foreach) Adam,
+        # whose results earlier CPU runs reproduce bit for bit.
+        fused = bool(self.params) and all(p.is_cuda for p in self.params)
         self.adam = torch.optim.Adam(self.params, lr=train.lr, betas=(train.beta1, train.beta2),
-                                     eps=train.eps, weight_decay=0.0)
+                                     eps=train.eps, weight_decay=0.0, fused=fused or None)
         self.l0_final = self.l0_at(1.0)
         # Same-shape tensors with the same target and floor share one selection call per step.
         self.topk_method = "auto"  # see keep_topk_; "reference" is the plain torch.topk path
@@ -207,14 +210,21 @@ class SparseAdam:
         return {"lr": lr, "density_scale": scale, "l0": self.l0_at(scale)}
 
     @torch.no_grad()
-    def normalize_grads(self) -> float:
+    def normalize_grads(self) -> torch.Tensor:
+        """Divide the gradients by their global RMS (mode rms) or by max(RMS, 1) (mode clip); returns
+        the RMS as a 0-d tensor. No host sync: dividing by 1 leaves a gradient unchanged bit for bit."""
         grads = [p.grad for p in self.params if p.grad is not None]
-        sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
+        if grads[0].is_cuda:  # one fused kernel for all norms
+            sq = torch.stack(torch._foreach_norm(grads)).float().pow(2).sum()
+        else:  # the sum of squares CPU runs have always used (their results stay bit-identical)
+            sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()
         rms = (sq / sum(g.numel() for g in grads)).sqrt()
         mode = self.train.grad_norm
-        if mode == "rms" or (mode == "clip" and rms > 1):
+        if mode == "rms":
             torch._foreach_div_(grads, rms.clamp_min(1e-12))
-        return rms.item()
+        elif mode == "clip":
+            torch._foreach_div_(grads, rms.clamp_min(1.0))
+        return rms
 
     @torch.no_grad()
     def step(self, step: int) -> dict[str, float]:
@@ -232,7 +242,8 @@ class SparseAdam:
                                  self.topk_method)
         if self.train.weight_decay:
             torch._foreach_mul_(self.decayed, 1.0 - sched["lr"] * self.train.weight_decay)
-        return {"lr": sched["lr"], "grad_rms": grad_rms, "density_scale": next_scale}
+        # read last, once every kernel of the step is queued
+        return {"lr": sched["lr"], "grad_rms": grad_rms.item(), "density_scale": next_scale}
 
     def zero_grad(self) -> None:
         self.adam.zero_grad(set_to_none=True)
