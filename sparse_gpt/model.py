@@ -40,46 +40,51 @@ def abs_topk_reference(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx))
 
 
-def _row_keep_mask(x: torch.Tensor, k: int) -> torch.Tensor:
+def _row_keep_mask(x: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
     """Bool mask of exactly k entries per row (last dim) by the shared exact top-k rule (sparse_gpt.topk):
     |x| above the row's k-th largest |x|, ties at that value filled in index order. Works in x's
     dtype (no fp32 copy of bf16 activations); no host-device sync on the GPU."""
     W = x.shape[-1]
     a = x.detach().abs()
-    return keep_mask(a.reshape(-1, W), k).view(a.shape)
+    return keep_mask(a.reshape(-1, W), k, method).view(a.shape)
 
 
 class _AbsTopK(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, k: int) -> torch.Tensor:
-        keep = _row_keep_mask(x, k)
+    def forward(ctx, x: torch.Tensor, k: int, method: str) -> torch.Tensor:
+        keep = _row_keep_mask(x, k, method)
         ctx.save_for_backward(keep)  # a bool per entry: less memory than k int64 indices per row
         return torch.where(keep, x, x.new_zeros(()))
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, grad.new_zeros(())), None
+        return torch.where(keep, grad, grad.new_zeros(())), None, None
 
 
-def abs_topk(x: torch.Tensor, k: int) -> torch.Tensor:
+def abs_topk(x: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
     """Keep the k entries of largest magnitude along the last dim (signs kept), zero the rest.
 
     The same entries as abs_topk_reference (ties aside), found by a per-row threshold instead of
-    topk + scatter; the gradient passes through the kept entries only."""
+    topk + scatter; the gradient passes through the kept entries only. method: how the threshold
+    is found (sparse_gpt.topk.METHODS)."""
     if k >= x.shape[-1]:
         return x
-    return _AbsTopK.apply(x, k)
+    return _AbsTopK.apply(x, k, method)
 
 
 class AbsTopK(nn.Module):
     def __init__(self, afrac: float | None, width: int):
         super().__init__()
         self.k = width if afrac is None else max(1, int(afrac * width))
-        self.reference = False  # True: the torch.topk + scatter version (benchmarks compare the two)
+        # "reference": the torch.topk + scatter version; else a sparse_gpt.topk threshold method
+        # (benchmarks compare them)
+        self.method = "auto"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (abs_topk_reference if self.reference else abs_topk)(x, self.k)
+        if self.method == "reference":
+            return abs_topk_reference(x, self.k)
+        return abs_topk(x, self.k, self.method)
 
     def extra_repr(self) -> str:
         return f"k={self.k}"

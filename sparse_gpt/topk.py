@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import torch
 
-METHODS = ("auto", "partition", "topk", "kthvalue")
+METHODS = ("auto", "partition", "topk", "kthvalue", "bisect")
+_INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
+             torch.float64: torch.int64}
 
 
 def kth_largest(score: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
-    """(R, 1) the k-th largest entry of every row of score (R, n), in score's dtype and device."""
+    """(R, 1) the k-th largest entry of every row of score (R, n), in score's dtype and device
+    (method bisect: the scores must be non-negative, as magnitudes are)."""
     n = score.shape[1]
     if method == "auto":
         method = "partition" if _numpy_ok(score) else "topk"
@@ -25,11 +28,26 @@ def kth_largest(score: torch.Tensor, k: int, method: str = "auto") -> torch.Tens
         return torch.from_numpy(part.copy())[:, None]
     if method == "kthvalue":
         return score.kthvalue(n - k + 1, dim=1, keepdim=True).values
+    if method == "bisect":
+        return _kth_largest_bisect(score, k)
     # The k-th largest is the smallest of the k largest, or the largest of the n-k+1 smallest:
     # select whichever set is smaller.
     if k <= n - k + 1:
         return score.topk(k, dim=1, sorted=False).values.amin(1, keepdim=True)
     return score.topk(n - k + 1, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
+
+
+def _kth_largest_bisect(score: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th largest of non-negative scores found bit by bit: the bit patterns of non-negative
+    floats order like the integers they spell, so the answer is the largest pattern t with at least
+    k entries >= t, built from the top bit down with one counting pass per bit (no sort, no sync)."""
+    bits = score.contiguous().view(_INT_VIEW[score.dtype])
+    nbits = bits.element_size() * 8 - 1  # the sign bit is 0
+    t = torch.zeros(score.shape[0], 1, dtype=bits.dtype, device=score.device)
+    for bit in range(nbits - 1, -1, -1):
+        cand = t | (1 << bit)
+        t = torch.where((bits >= cand).sum(1, keepdim=True) >= k, cand, t)
+    return t.view(score.dtype)
 
 
 def _numpy_ok(score: torch.Tensor) -> bool:

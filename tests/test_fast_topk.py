@@ -6,7 +6,7 @@ from sparse_gpt.model import abs_topk, abs_topk_reference
 from sparse_gpt.sparsity import keep_topk_, keep_topk_group_, keep_topk_reference_
 from sparse_gpt.topk import fill_ties, keep_mask
 
-METHODS = ("partition", "topk", "kthvalue")
+METHODS = ("partition", "topk", "kthvalue", "bisect")
 
 
 def _random_weight(gen, shape, ties: bool, zeros: bool) -> torch.Tensor:
@@ -102,12 +102,16 @@ def test_fill_ties_fills_across_blocks_in_index_order():
     assert torch.equal(keep[0], expect)
 
 
-def test_keep_mask_bf16_and_float64():
+@pytest.mark.parametrize("method", METHODS)
+def test_keep_mask_bf16_and_float64(method):
     gen = torch.Generator().manual_seed(5)
     score = torch.randn(9, 300, generator=gen).abs()
-    for dtype in (torch.bfloat16, torch.float64):  # bf16 has many ties; numpy has no bf16
+    score[0, :50] = float("inf")  # the neuron floor's protected entries
+    score[1] = 0.0
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):  # bf16 has many ties; numpy has no bf16
         s = score.to(dtype)
-        assert torch.equal(keep_mask(s, 77), _rule_reference(s, 77))
+        for k in (1, 77, 299):
+            assert torch.equal(keep_mask(s, k, method), _rule_reference(s, k)), (dtype, k)
 
 
 def test_grouped_top_k_equals_one_call_per_tensor():
