@@ -1,9 +1,8 @@
-"""Read and write model directories in the format of OpenAI's circuit_sparsity release.
+"""Read model directories in the format of OpenAI's circuit_sparsity release.
 
 A directory holds ``beeg_config.json`` (their ``GPTConfig`` fields), ``final_model.pt`` (a torch
 state dict) and, for the tokenizer, the GPT-2 "data gym" pair ``vocab.bpe`` + ``encoder.json``
-(in their layout these sit in a separate ``tinypython`` directory). The facts of the format are in
-shared/reference/OPENAI_FORMAT.md. Our model was built with their state-dict names, so the weights
+(in their layout these sit in a separate ``tinypython`` directory). Our model was built with their state-dict names, so the weights
 map one to one except for the sink logit, the causal-mask buffers of their non-flash attention and
 the positional embedding their model always has (released models keep it at zero).
 
@@ -19,22 +18,19 @@ import json
 import logging
 import os
 import re
-import shutil
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence, Union
+from typing import Any, Mapping, Union
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
 from .config import ACT_SPARSITY_LOCATIONS, ConfigError, ModelConfig
 from .model import GPT
 
 __all__ = [
-    "OpenAIFormatError", "is_openai_dir", "config_from_openai", "config_to_openai",
-    "openai_state_dict_to_ours", "load_openai_state_dict", "load_openai_tokenizer",
-    "load_openai_model", "save_openai_model", "train_data_gym_tokenizer",
-    "write_openai_tokenizer_files",
+    "OpenAIFormatError", "is_openai_dir", "config_from_openai", "openai_state_dict_to_ours",
+    "load_openai_state_dict", "load_openai_tokenizer", "load_openai_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -155,6 +151,56 @@ def _check_topk_sizes(cfg: ModelConfig) -> None:
                                f"{_LOCTYPES_BACK[loc]}, which zeroes that activation")
 
 
+def _attention_width(raw: Mapping[str, Any], d_model_key: str) -> tuple[int, int]:
+    """(d_model, d_head), refusing heads whose total width is not d_model."""
+    d_model = _field(raw, d_model_key, "int")
+    n_head = _field(raw, "n_head", "int")
+    d_head = _field(raw, "d_head", "int?")
+    if n_head <= 0 or d_model % n_head:
+        raise OpenAIFormatError(f"{CONFIG_FILE}: d_model={d_model} must be a positive multiple of "
+                                f"n_head={n_head}")
+    if d_head is None:
+        d_head = d_model // n_head
+    if n_head * d_head != d_model:
+        # Our attention derives n_head from d_model // d_head, so its width is always d_model.
+        raise _unsupported("d_head", d_head, f"n_head * d_head = {n_head * d_head} differs from "
+                           f"d_model = {d_model}; our attention is always d_model wide")
+    return d_model, d_head
+
+
+def _norm_and_activation(raw: Mapping[str, Any]) -> tuple[bool, str, str]:
+    """(bias, norm, activation), refusing residual-stream functions and odd LayerNorm biases."""
+    residual_act = _field(raw, "residual_activation_type", "str")
+    if residual_act != "identity":
+        raise _unsupported("residual_activation_type", residual_act,
+                           "only 'identity' (no function applied to the residual stream)")
+    activation = _field(raw, "activation_type", "str")
+    if activation not in ("gelu", "relu"):
+        raise _unsupported("activation_type", activation, "expected 'gelu' or 'relu'")
+    bias, rms_norm = _field(raw, "bias", "bool"), _field(raw, "rms_norm", "bool")
+    ln_bias = _field(raw, "ln_bias", "bool")
+    if not rms_norm and ln_bias != bias:
+        raise _unsupported("ln_bias", ln_bias, f"our LayerNorms have a bias exactly when the "
+                           f"Linears do (bias={bias})")
+    return bias, "rms" if rms_norm else "layer", activation
+
+
+def _check_inert_fields(raw: Mapping[str, Any]) -> None:
+    """Type-check the fields that do not change inference, and refuse those we cannot run."""
+    d_pos_emb = _field(raw, "d_pos_emb", "int?")
+    if d_pos_emb is not None:
+        raise _unsupported("d_pos_emb", d_pos_emb, "positional embeddings concatenated to every "
+                           "layer's input are not implemented")
+    # dropout_cat_pos_emb and sinusoidal_cat_pos_emb only act when d_pos_emb is set: inert here.
+    for key in ("dropout_cat_pos_emb", "sinusoidal_cat_pos_emb", "tied_unembed", "debug_nans",
+                "grad_checkpointing", "flash", "enable_sparse_kernels", "learnable_bigram_table"):
+        _field(raw, key, "bool")
+    _field(raw, "dropout", "float")  # inference runs in eval mode, where dropout is the identity
+    if raw.get("use_tied_aux_matrix"):
+        raise _unsupported("use_tied_aux_matrix", raw["use_tied_aux_matrix"],
+                           "OpenAI's own loader refuses it too")
+
+
 def config_from_openai(raw: Mapping[str, Any]) -> tuple[ModelConfig, list[str]]:
     """Translate a `beeg_config.json` dict into our ModelConfig.
 
@@ -171,46 +217,11 @@ def config_from_openai(raw: Mapping[str, Any]) -> tuple[ModelConfig, list[str]]:
     understood = set(_THEIR_DEFAULTS) | set(_EXTRA_UNDERSTOOD) | {d_model_key}
     ignored = [k for k in raw if k not in understood]
 
-    d_model = _field(raw, d_model_key, "int")
-    n_head = _field(raw, "n_head", "int")
-    d_head = _field(raw, "d_head", "int?")
-    if n_head <= 0 or d_model % n_head:
-        raise OpenAIFormatError(f"{CONFIG_FILE}: d_model={d_model} must be a positive multiple of "
-                                f"n_head={n_head}")
-    if d_head is None:
-        d_head = d_model // n_head
-    if n_head * d_head != d_model:
-        # Our attention derives n_head from d_model // d_head, so its width is always d_model.
-        raise _unsupported("d_head", d_head, f"n_head * d_head = {n_head * d_head} differs from "
-                           f"d_model = {d_model}; our attention is always d_model wide")
+    d_model, d_head = _attention_width(raw, d_model_key)
     # Their loader lets an old n_mlp override d_mlp.
     d_mlp = _field(raw, "n_mlp", "int?") if "n_mlp" in raw else _field(raw, "d_mlp", "int?")
-
-    residual_act = _field(raw, "residual_activation_type", "str")
-    if residual_act != "identity":
-        raise _unsupported("residual_activation_type", residual_act,
-                           "only 'identity' (no function applied to the residual stream)")
-    activation = _field(raw, "activation_type", "str")
-    if activation not in ("gelu", "relu"):
-        raise _unsupported("activation_type", activation, "expected 'gelu' or 'relu'")
-    bias, rms_norm = _field(raw, "bias", "bool"), _field(raw, "rms_norm", "bool")
-    ln_bias = _field(raw, "ln_bias", "bool")
-    if not rms_norm and ln_bias != bias:
-        raise _unsupported("ln_bias", ln_bias, f"our LayerNorms have a bias exactly when the "
-                           f"Linears do (bias={bias})")
-    d_pos_emb = _field(raw, "d_pos_emb", "int?")
-    if d_pos_emb is not None:
-        raise _unsupported("d_pos_emb", d_pos_emb, "positional embeddings concatenated to every "
-                           "layer's input are not implemented")
-    # dropout_cat_pos_emb and sinusoidal_cat_pos_emb only act when d_pos_emb is set: inert here.
-    for key in ("dropout_cat_pos_emb", "sinusoidal_cat_pos_emb", "tied_unembed", "debug_nans",
-                "grad_checkpointing", "flash", "enable_sparse_kernels", "learnable_bigram_table"):
-        _field(raw, key, "bool")
-    _field(raw, "dropout", "float")  # inference runs in eval mode, where dropout is the identity
-    if raw.get("use_tied_aux_matrix"):
-        raise _unsupported("use_tied_aux_matrix", raw["use_tied_aux_matrix"],
-                           "OpenAI's own loader refuses it too")
-
+    bias, norm, activation = _norm_and_activation(raw)
+    _check_inert_fields(raw)
     afrac = _field(raw, "afrac", "float?")
     cfg = ModelConfig(
         vocab_size=_field(raw, "vocab_size", "int"),
@@ -220,7 +231,7 @@ def config_from_openai(raw: Mapping[str, Any]) -> tuple[ModelConfig, list[str]]:
         d_head=d_head,
         d_mlp=d_mlp,
         bias=bias,
-        norm="rms" if rms_norm else "layer",
+        norm=norm,
         activation=activation,
         pos_emb="learned",
         attn_sink=_field(raw, "sink", "bool"),
@@ -235,32 +246,6 @@ def config_from_openai(raw: Mapping[str, Any]) -> tuple[ModelConfig, list[str]]:
         raise OpenAIFormatError(f"{CONFIG_FILE} gives a model we cannot build: {e}") from e
     _check_topk_sizes(cfg)
     return cfg, ignored
-
-
-def config_to_openai(cfg: ModelConfig) -> dict[str, Any]:
-    """Our ModelConfig as a `beeg_config.json` dict that OpenAI's loader accepts.
-
-    Besides GPTConfig's fields it carries `bigram_table_rank` (null), which their loader pops
-    unconditionally, and nothing else extra, since their GPTConfig rejects unknown keys.
-    """
-    cfg.validate()
-    _check_topk_sizes(cfg)
-    loctypes = (",".join(_LOCTYPES_BACK[loc] for loc in cfg.afrac_locations)
-                if cfg.afrac is not None else _THEIR_DEFAULTS["afrac_loctypes"])
-    return {
-        "block_size": cfg.block_size, "vocab_size": cfg.vocab_size, "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head, "d_head": cfg.d_head, "d_model": cfg.d_model, "dropout": 0.0,
-        "bias": cfg.bias, "ln_bias": cfg.bias, "rms_norm": cfg.norm == "rms",
-        "residual_activation_type": "identity", "activation_type": cfg.activation,
-        "afrac": cfg.afrac, "afrac_loctypes": loctypes, "debug_nans": False,
-        "tied_unembed": False, "tokenizer_name": "tinypython_2k", "grad_checkpointing": False,
-        "d_mlp": cfg.d_mlp, "enable_bigram_table": cfg.bigram_table,
-        # Ours is a trained parameter, as theirs is when this is true.
-        "learnable_bigram_table": cfg.bigram_table,
-        "d_pos_emb": None, "dropout_cat_pos_emb": False, "sinusoidal_cat_pos_emb": False,
-        "enable_sparse_kernels": False, "flash": True, "sink": cfg.attn_sink,
-        "bigram_table_rank": None,
-    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,83 +434,6 @@ def load_openai_tokenizer(directory: PathLike, eot_id: int = OPENAI_EOT_ID) -> T
     return tok
 
 
-def train_data_gym_tokenizer(texts: Iterable[str], vocab_size: int = OPENAI_EOT_ID + 1) -> Tokenizer:
-    """Train a byte-level BPE whose ids follow the data-gym layout, so it can be written as
-    `vocab.bpe` + `encoder.json`: 256 bytes in GPT-2 order, one token per merge in merge order,
-    then `<|endoftext|>` (id vocab_size - 1 when the texts allow that many merges)."""
-    tok = Tokenizer(models.BPE(ignore_merges=True))
-    tok.pre_tokenizer = _pre_tokenizer()
-    tok.decoder = decoders.ByteLevel()
-    # No special tokens during training: they would take ids before the bytes. The trainer
-    # sorts the alphabet by code point, which is exactly GPT-2's byte order.
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(texts, trainer=trainer)
-    tok.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])
-    tok.encode_special_tokens = True
-    return tok
-
-
-def _vocab_and_merges(tok: Tokenizer) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    model = json.loads(tok.to_str())["model"]
-    if model.get("type") != "BPE":
-        raise OpenAIFormatError(f"only a BPE tokenizer can be written as {VOCAB_BPE_FILE}, "
-                                f"got {model.get('type')}")
-    vocab = dict(model["vocab"])
-    for added in tok.get_added_tokens_decoder().values():
-        vocab.setdefault(added.content, tok.token_to_id(added.content))
-    # tokenizers >= 0.20 stores merges as pairs, older versions as "a b" strings.
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
-    return vocab, merges
-
-
-def _data_gym_encoder(vocab: Mapping[str, int], merges: Sequence[tuple[str, str]]) -> dict[str, int]:
-    """The encoder.json mapping, after checking that tiktoken's reading of the pair (bytes get ids
-    0-255 in GPT-2 order, merge n makes id 256 + n) gives the same ids as `vocab`."""
-    encoder: dict[str, int] = {}
-    for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet())):
-        if vocab.get(ch) != i:
-            raise OpenAIFormatError(f"byte symbol {ch!r} has id {vocab.get(ch)}; the data-gym "
-                                    f"format needs {i} (the 256 bytes first, in GPT-2 order)")
-        encoder[ch] = i
-    for n, (a, b) in enumerate(merges):
-        if a not in encoder or b not in encoder:
-            raise OpenAIFormatError(f"merge {n} ({a!r}, {b!r}) uses a token no earlier merge made")
-        if vocab.get(a + b) != 256 + n or (a + b) in encoder:
-            raise OpenAIFormatError(f"merge {n} ({a!r}, {b!r}) makes {a + b!r} with id "
-                                    f"{vocab.get(a + b)}; the data-gym format needs a new token "
-                                    f"with id {256 + n}")
-        encoder[a + b] = 256 + n
-    eot_id = 256 + len(merges)
-    if vocab.get(EOT, eot_id) != eot_id:
-        raise OpenAIFormatError(f"{EOT} has id {vocab[EOT]}; the data-gym format puts it right "
-                                f"after the merges, at {eot_id}")
-    encoder[EOT] = eot_id
-    others = sorted(set(vocab) - set(encoder))
-    if others:
-        raise OpenAIFormatError(f"tokens {others[:5]} are neither bytes, merges nor {EOT}")
-    return encoder
-
-
-def write_openai_tokenizer_files(
-        tokenizer_or_merges: Tokenizer | tuple[Mapping[str, int], Sequence[tuple[str, str]]],
-        out_dir: PathLike) -> None:
-    """Write `vocab.bpe` (with its `#version: 0.2` header) and `encoder.json` for a byte-level
-    BPE tokenizer, or for a (vocab, merges) pair, whose ids follow the data-gym layout (see
-    `train_data_gym_tokenizer`); raise OpenAIFormatError naming the first token that breaks it."""
-    if isinstance(tokenizer_or_merges, Tokenizer):
-        vocab, merges = _vocab_and_merges(tokenizer_or_merges)
-    else:
-        vocab, merges = tokenizer_or_merges
-    encoder = _data_gym_encoder(vocab, merges)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    # tiktoken drops the first and the last line, so the trailing newline is required.
-    (out / VOCAB_BPE_FILE).write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges),
-                                      encoding="utf-8")
-    (out / ENCODER_JSON_FILE).write_text(json.dumps(encoder), encoding="utf-8")
-
-
 def _find_tokenizer_dir(model_dir: Path, tokenizer_dir: PathLike | None) -> Path:
     if tokenizer_dir is not None:
         return Path(tokenizer_dir)
@@ -579,36 +487,3 @@ def load_openai_model(path: PathLike, device: str | torch.device = "cpu",
     return model.to(device).eval(), tok, ignored
 
 
-def save_openai_model(model: GPT, tokenizer_files_from: Mapping[str, PathLike] | PathLike | None,
-                      out_dir: PathLike) -> Path:
-    """Write `model` as an OpenAI model directory (`beeg_config.json` + `final_model.pt`).
-
-    `tokenizer_files_from` is a directory holding `vocab.bpe` and `encoder.json`, or a mapping from
-    those names to source files, copied alongside; None writes no tokenizer. Returns out_dir.
-    """
-    cfg = model.config
-    raw = config_to_openai(cfg)
-    sd = {_their_name(k): v.detach().to("cpu").contiguous().clone()
-          for k, v in model.state_dict().items()}
-    if _WPE not in sd:
-        # Their model always adds wpe and loads non-strictly: without zeros it would keep a random one.
-        sd[_WPE] = torch.zeros(cfg.block_size, cfg.d_model, dtype=sd[_WTE].dtype)
-    sources: dict[str, Path] = {}
-    if isinstance(tokenizer_files_from, Mapping):
-        unknown = sorted(set(tokenizer_files_from) - set(TOKENIZER_FILES))
-        if unknown:
-            raise OpenAIFormatError(f"tokenizer_files_from names {unknown}; expected "
-                                    f"{' and '.join(TOKENIZER_FILES)}")
-        sources = {name: Path(src) for name, src in tokenizer_files_from.items()}
-    elif tokenizer_files_from is not None:
-        sources = {name: Path(tokenizer_files_from) / name for name in TOKENIZER_FILES}
-    for name, src in sources.items():
-        if not src.is_file():
-            raise OpenAIFormatError(f"tokenizer file {name} not found at {src}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-    torch.save(sd, out / WEIGHTS_FILE)
-    for name, src in sources.items():
-        shutil.copyfile(src, out / name)
-    return out

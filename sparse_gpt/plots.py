@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import matplotlib
+# Figure objects rather than pyplot: no global backend to set, no display needed, nothing to close.
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display is needed or assumed
-import matplotlib.pyplot as plt  # noqa: E402
+from .fileio import atomic_save_figure
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -19,11 +19,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     """Write loss.png (train/val loss) and schedule.png (LR and density) into run_dir."""
     run_dir = Path(run_dir)
     records = read_metrics(run_dir)
-    steps = [r["step"] for r in records]
-    written = []
+    return [_loss_figure(run_dir, records), _schedule_figure(run_dir, records)]
 
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, [r["train_loss"] for r in records], lw=0.8, alpha=0.7, label="train")
+
+def _loss_figure(run_dir: Path, records: list[dict]) -> Path:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.subplots()
+    ax.plot([r["step"] for r in records], [r["train_loss"] for r in records], lw=0.8, alpha=0.7,
+            label="train")
     val = [(r["step"], r["val_loss"]) for r in records if "val_loss" in r]
     if val:
         ax.plot(*zip(*val), "o-", ms=3, label="validation")
@@ -35,9 +38,14 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     ax.set(xlabel="step", ylabel="loss (nats/token)", title=f"{run_dir.name}: loss")
     ax.legend()
     ax.grid(alpha=0.3)
-    written.append(_save(fig, run_dir / "loss.png"))
+    fig.tight_layout()
+    return atomic_save_figure(fig, run_dir / "loss.png", dpi=120)
 
-    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 5), sharex=True)
+
+def _schedule_figure(run_dir: Path, records: list[dict]) -> Path:
+    steps = [r["step"] for r in records]
+    fig = Figure(figsize=(7, 5))
+    a1, a2 = fig.subplots(2, 1, sharex=True)
     a1.plot(steps, [r["lr"] for r in records])
     a1.set(ylabel="learning rate", title=f"{run_dir.name}: schedules")
     l0 = [r["l0"] for r in records]
@@ -45,14 +53,5 @@ def plot_run(run_dir: str | Path) -> list[Path]:
     a2.set(xlabel="step", ylabel="nonzero sparse weights\n(share of dense)", yscale="log")
     for a in (a1, a2):
         a.grid(alpha=0.3)
-    written.append(_save(fig, run_dir / "schedule.png"))
-    return written
-
-
-def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_save_figure(fig, run_dir / "schedule.png", dpi=120)

@@ -20,7 +20,6 @@ from safetensors import safe_open
 from sparse_gpt.checkpoint import (
     Checkpoint,
     CheckpointError,
-    atomic_write_text,
     checkpoint_size_report,
     latest_checkpoint,
     load_checkpoint,
@@ -28,9 +27,9 @@ from sparse_gpt.checkpoint import (
     load_train_state,
     resolve_checkpoint,
     save_checkpoint,
-    sha256_file,
     verify_checkpoint,
 )
+from sparse_gpt.fileio import atomic_write_text, sha256_file
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG = "model:\n  n_layer: 2\n"

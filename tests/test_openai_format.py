@@ -1,9 +1,10 @@
 """Tests for sparse_gpt.openai_format: OpenAI circuit_sparsity model directories in and out.
 
-We cannot download a released model here, so directories are written by save_openai_model and,
-to catch a naming or semantics slip that a symmetric save/load would hide, the loaded weights are
-also run through `reference_forward`: a plain re-implementation of their forward pass written from
-OPENAI_FORMAT.md that reads their state-dict names directly.
+We cannot download a released model here, so directories are written by save_openai_model
+(tests/openai_writer.py) and, to catch a naming or semantics slip that a symmetric save/load would
+hide, the loaded weights are also run through `reference_forward`: a plain re-implementation of
+their forward pass, written from the description of their format, that reads their state-dict
+names directly.
 """
 from __future__ import annotations
 
@@ -22,16 +23,15 @@ from sparse_gpt.openai_format import (
     EOT,
     OpenAIFormatError,
     config_from_openai,
-    config_to_openai,
     is_openai_dir,
     load_openai_model,
     load_openai_state_dict,
     load_openai_tokenizer,
-    save_openai_model,
-    train_data_gym_tokenizer,
-    write_openai_tokenizer_files,
 )
 from sparse_gpt.tokenizer import train_tokenizer
+
+from openai_writer import (config_to_openai, save_openai_model, train_data_gym_tokenizer,
+                           write_openai_tokenizer_files)
 
 VOCAB = 2048  # tinypython_2k's size, so the exported tokenizer fits the test models
 
@@ -103,7 +103,7 @@ CASES = {
 
 
 def reference_forward(sd: dict[str, torch.Tensor], raw: dict, idx: torch.Tensor) -> torch.Tensor:
-    """OpenAI's forward pass as OPENAI_FORMAT.md states it, on their tensor names."""
+    """OpenAI's forward pass as their format defines it, on their tensor names."""
     d_model, n_head = raw["d_model"], raw["n_head"]
     d_head = raw["d_head"] or d_model // n_head
     locs = set(raw["afrac_loctypes"].split(","))

@@ -148,3 +148,27 @@ def test_dense_baseline_run_completes_with_plots(tmp_path):
     weights = final_weights(tmp_path)
     assert int(weights["transformer.h.0.mlp.c_fc.weight"].count_nonzero()) == weights[
         "transformer.h.0.mlp.c_fc.weight"].numel()
+
+
+def test_train_leaves_the_callers_config_alone(tmp_path):
+    import copy
+
+    from sparse_gpt.config import load_config
+    from sparse_gpt.trainer import train
+
+    cfg = load_config(TINY, ["train.steps=2", "train.eval_interval=2", "train.ckpt_interval=2",
+                             f"data.cache_dir={ROOT / '.cache' / 'sparse_gpt'}"])
+    before = copy.deepcopy(cfg)
+    train(cfg, tmp_path / "run", progress=False)
+    assert cfg == before
+    # The run's vocabulary is the tokenizer's: it goes to the run's config.yaml, not into `cfg`.
+    import yaml
+    written = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert written["model"]["vocab_size"] == 512 != cfg.model.vocab_size
+
+
+def test_importing_plots_leaves_the_matplotlib_backend_alone():
+    code = ("import matplotlib; matplotlib.use('pdf'); import sparse_gpt.plots, sparse_gpt.trainer; "
+            "print(matplotlib.get_backend())")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "pdf", proc.stderr
