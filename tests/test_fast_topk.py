@@ -160,3 +160,52 @@ def test_abs_topk_keeps_dtype_and_passes_through_when_k_is_full():
     assert abs_topk(x, 2).dtype == torch.bfloat16
     assert torch.equal(abs_topk(x, 2), abs_topk_reference(x, 2))
     assert abs_topk(x, 8) is x
+
+
+# ----- on a GPU (skipped without one) ---------------------------------------------------------------
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_METHODS = ("topk", "bisect", "auto")
+
+
+@cuda
+@pytest.mark.parametrize("method", GPU_METHODS)
+def test_cuda_weight_top_k_keeps_the_reference_set(method):
+    gen = torch.Generator().manual_seed(7)
+    for shape, k, floor, unit_dim in [((1536, 512), 12288, 4, 0), ((512, 2048), 16384, 4, 1),
+                                      ((4096, 512), 131072, 0, None), ((256, 96), 96 * 4, 4, 0)]:
+        ws = [torch.randn(shape, generator=gen) for _ in range(3)]
+        fast = [w.cuda() for w in ws]
+        keep_topk_group_(fast, k, floor, unit_dim, method=method)
+        for w, f in zip(ws, fast):
+            keep_topk_reference_(w, k, floor, unit_dim)
+            assert torch.equal(w != 0, f.cpu() != 0), (shape, method)
+            assert torch.equal(w, f.cpu())
+
+
+@cuda
+@pytest.mark.parametrize("method", GPU_METHODS)
+def test_cuda_keep_mask_follows_the_tie_rule(method):
+    gen = torch.Generator().manual_seed(8)
+    for n, vals in [(4096, 3), (3000, 50), (786432, 10 ** 6), (97, 2)]:
+        score = torch.randint(0, vals, (5, n), generator=gen).float()
+        for k in (1, n // 64, n // 2, n - 1):
+            assert torch.equal(keep_mask(score.cuda(), k, method).cpu(), _rule_reference(score, k)), (n, k)
+
+
+@cuda
+@pytest.mark.parametrize("method", GPU_METHODS)
+def test_cuda_abs_topk_bf16_forward_and_backward(method):
+    gen = torch.Generator().manual_seed(9)
+    for rows, width, k in [(512, 4096, 1024), (300, 1024, 256), (64, 512, 1)]:
+        x = torch.randn(rows, width, generator=gen).to(torch.bfloat16)  # bf16: many tied magnitudes
+        xc = x.cuda().requires_grad_()
+        out = abs_topk(xc, k, method)
+        assert out.dtype == torch.bfloat16
+        up = torch.randn(rows, width, generator=gen).to(torch.bfloat16).cuda()
+        (grad,) = torch.autograd.grad(out, xc, up)
+        keep = _rule_reference(x.abs().float(), k)  # bf16 -> fp32 is exact, so the order is the same
+        assert torch.equal(out.cpu(), torch.where(keep, x, torch.zeros_like(x))), (width, method)
+        assert torch.equal(grad.cpu(), torch.where(keep, up.cpu(), torch.zeros_like(x)))
+        ref = abs_topk_reference(x.cuda(), k)  # torch.topk: the same magnitudes kept
+        assert torch.equal(ref.abs().float().sort(-1).values.cpu(), out.detach().abs().float().sort(-1).values.cpu())
