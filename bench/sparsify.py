@@ -6,8 +6,11 @@
 One "sweep" is what the optimiser does after every step: the top-k (with the neuron floor on the
 matrices) of every sparse tensor at its target density. Methods:
   reference   torch.topk per tensor (sparse_gpt.sparsity.keep_topk_reference_)
-  partition   per-group threshold by numpy.partition, exact tie handling (the CPU default)
-  kthvalue    per-group threshold by torch.kthvalue, exact tie handling (the GPU default)
+  partition   per-group threshold by numpy.partition (the CPU default)
+  topk        per-group threshold from torch.topk's values (the GPU default)
+  bisect      per-group threshold found bit by bit, one counting pass per bit
+  kthvalue    per-group threshold by torch.kthvalue (the former GPU default)
+Every threshold method fills ties by the same exact rule (sparse_gpt.topk).
 Exactness: each method's kept set must equal the reference's on every tensor (random weights have
 no ties, so the sets must be identical); the table gives the mismatching entries (0 = exact).
 Methods are interleaved over `--repeats` sweeps; medians. Writes bench/results/sparsify_<device>[_<preset>].json.
@@ -28,7 +31,8 @@ from sparse_gpt.config import resolve_device  # noqa: E402
 from sparse_gpt.model import GPT  # noqa: E402
 from sparse_gpt.sparsity import keep_topk_group_, sparse_tensors  # noqa: E402
 
-METHODS = ("reference", "partition", "kthvalue")
+METHODS = ("reference", "partition", "topk", "bisect", "kthvalue")
+DEFAULT = {"cpu": "reference,partition,topk,bisect", "cuda": "reference,topk,bisect,kthvalue"}
 
 
 def parse_args(argv=None):
@@ -36,7 +40,8 @@ def parse_args(argv=None):
     p.add_argument("--config", default="configs/cpu-small.yaml", help="shape source")
     p.add_argument("--preset", choices=sorted(PRESETS), help="a named GPU shape instead of --config")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
+    p.add_argument("--methods", help="comma-separated subset of " + ",".join(METHODS)
+                   + f" (default {DEFAULT['cpu']} on CPU, {DEFAULT['cuda']} on CUDA)")
     p.add_argument("--repeats", type=int, default=15, help="timed sweeps per method")
     p.add_argument("--out", help="JSON path")
     return p.parse_args(argv)
@@ -48,7 +53,7 @@ def main(argv=None) -> int:
     args.matrix_density = args.embed_density = None
     shape = shape_from_args(args)
     device = resolve_device(args.device)
-    methods = [m for m in args.methods.split(",") if m]
+    methods = [m for m in (args.methods or DEFAULT["cuda" if device == "cuda" else "cpu"]).split(",") if m]
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"], n_layer=shape["n_layer"],
                             d_model=shape["d_model"], d_head=shape["d_head"], afrac=None)).to(device)

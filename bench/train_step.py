@@ -7,7 +7,10 @@
 A step is what train.py does: forward, fp32 loss, backward, gradient RMS normalisation, Adam, the
 weight top-k of every sparse tensor (annealing finished, so at the target density), weight decay.
 Variants (same shape, same random tokens):
-  dense          no sparsity at all
+  plain          the floor: a plain dense GPT, no sink, standard 64-wide heads
+  nosink         dense, the recipe's 16-wide heads, no attention sink
+  dense          dense with the attention sink (flash path): no weight or activation sparsity
+  dense_sinkmask dense with the sink passed to SDPA as a float mask (the reference path)
   sparse         + weight top-k (the library's default, fast path)
   sparse_ref     + weight top-k by torch.topk per tensor (the reference)
   recipe         + AbsTopK at all eight locations (fast path) + weight top-k + bigram table
@@ -31,7 +34,7 @@ from bench.common import environment, interleaved, median, print_table, write_js
 from sparse_gpt.config import ModelConfig, SparsityConfig, TrainConfig  # noqa: E402
 from sparse_gpt.flops import flops_per_token, peak_flops  # noqa: E402
 from sparse_gpt.config import resolve_device  # noqa: E402
-from sparse_gpt.model import GPT, AbsTopK  # noqa: E402
+from sparse_gpt.model import GPT, AbsTopK, CausalSelfAttention  # noqa: E402
 from sparse_gpt.sparsity import SparseAdam  # noqa: E402
 from sparse_gpt.trainer import cross_entropy  # noqa: E402
 
@@ -42,7 +45,8 @@ PRESETS = {
     "d1024": dict(n_layer=8, d_model=1024, block_size=1024, batch_size=32, vocab_size=4096,
                   matrix_density=1 / 64, embed_density=1 / 16),
 }
-VARIANTS = ("dense", "sparse", "sparse_ref", "recipe", "recipe_ref")
+VARIANTS = ("plain", "nosink", "dense", "dense_sinkmask", "sparse", "sparse_ref", "recipe", "recipe_ref")
+DEFAULT_VARIANTS = ("plain", "nosink", "dense", "sparse", "sparse_ref", "recipe", "recipe_ref")
 
 
 def parse_args(argv=None):
@@ -55,7 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--matrix-density", type=float, help="override sparsity.matrix_density")
     p.add_argument("--embed-density", type=float, help="override sparsity.embed_density")
     p.add_argument("--afrac", type=float, default=0.25, help="AbsTopK fraction of the recipe variants")
-    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help="comma-separated subset of " + ",".join(VARIANTS))
+    p.add_argument("--topk-method", default="auto", help="weight top-k method of the non-_ref variants (sparsity.TOPK_METHODS)")
+    p.add_argument("--abstopk-method", default="auto", help="AbsTopK method of the non-_ref recipe (topk.METHODS)")
     p.add_argument("--repeats", type=int, help="timed steps per variant (default 10 on CPU, 30 on GPU)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
@@ -82,23 +88,28 @@ def shape_from_args(args) -> dict:
     return shape
 
 
-def build(variant: str, shape: dict, afrac: float, device: str, compile_model: bool):
+def build(variant: str, shape: dict, afrac: float, device: str, compile_model: bool,
+          topk_method: str = "auto", abstopk_method: str = "auto"):
     recipe = variant.startswith("recipe")
+    plain = variant == "plain"
     mcfg = ModelConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"], n_layer=shape["n_layer"],
-                       d_model=shape["d_model"], d_head=shape["d_head"], attn_sink=shape["attn_sink"],
+                       d_model=shape["d_model"], d_head=64 if plain else shape["d_head"],
+                       attn_sink=shape["attn_sink"] and variant not in ("plain", "nosink"),
                        bigram_table=recipe, afrac=afrac if recipe else None)
-    dense = variant == "dense"
+    dense = variant in ("plain", "nosink", "dense", "dense_sinkmask")
     scfg = SparsityConfig(matrix_density=1.0 if dense else shape["matrix_density"],
                           embed_density=1.0 if dense else shape["embed_density"])
     tcfg = TrainConfig(steps=1000, batch_size=shape["batch_size"])
     torch.manual_seed(0)
     model = GPT(mcfg).to(device)
     opt = SparseAdam(model, scfg, tcfg)
-    if variant.endswith("_ref"):
-        opt.topk_method = "reference"
-        for m in model.modules():
-            if isinstance(m, AbsTopK):
-                m.reference = True
+    ref = variant.endswith("_ref")
+    opt.topk_method = "reference" if ref else topk_method
+    for m in model.modules():
+        if isinstance(m, AbsTopK):
+            m.method = "reference" if ref else abstopk_method
+        if isinstance(m, CausalSelfAttention):
+            m.flash_sink = variant != "dense_sinkmask"
     return model, opt, (torch.compile(model) if compile_model else model)
 
 
@@ -119,7 +130,8 @@ def main(argv=None) -> int:
 
     fns, models = {}, {}
     for v in variants:
-        model, opt, run_model = build(v, shape, args.afrac, device, args.compile)
+        model, opt, run_model = build(v, shape, args.afrac, device, args.compile, args.topk_method,
+                                      args.abstopk_method)
         models[v] = model
 
         def step(model=model, opt=opt, run_model=run_model):
@@ -132,8 +144,7 @@ def main(argv=None) -> int:
         fns[v] = step
     times = interleaved(fns, device, repeats, warmup=args.warmup)
 
-    cfg0 = models[variants[0]].config
-    flops_tok = flops_per_token(cfg0)
+    flops_tok = flops_per_token(models[variants[0]].config)  # the same for every variant (d_head aside)
     peak = peak_flops(device)
     base = median(times["dense"]) if "dense" in times else None
     rows = []
@@ -142,12 +153,13 @@ def main(argv=None) -> int:
         tok_s = B * T / med
         rows.append({"variant": v, "step_ms": med * 1e3, "min_ms": min(times[v]) * 1e3, "tokens_per_s": tok_s,
                      "vs_dense": med / base if base else None,
-                     "mfu": flops_tok * tok_s / peak if peak else None,
+                     "mfu": flops_per_token(models[v].config) * tok_s / peak if peak else None,
                      "params": models[v].num_params()})
     print(f"{environment(device)['device_name']}, torch {torch.__version__}, shape {shape}, {repeats} repeats")
     print_table(rows, ["variant", "step_ms", "min_ms", "tokens_per_s", "vs_dense", "mfu"])
     name = f"train_step_{'cuda' if device == 'cuda' else 'cpu'}" + (f"_{args.preset}" if args.preset else "")
     write_json(name, {"benchmark": "train_step", **environment(device), "shape": shape, "afrac": args.afrac,
+                      "topk_method": args.topk_method, "abstopk_method": args.abstopk_method,
                       "compile": args.compile, "bf16_autocast": use_bf16, "repeats": repeats,
                       "flops_per_token": flops_tok, "peak_flops": peak, "rows": rows,
                       "seconds": {v: times[v] for v in variants}}, args.out)
