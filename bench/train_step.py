@@ -93,7 +93,7 @@ def build(variant: str, shape: dict, afrac: float, device: str, compile_model: b
     recipe = variant.startswith("recipe")
     plain = variant == "plain"
     mcfg = ModelConfig(vocab_size=shape["vocab_size"], block_size=shape["block_size"], n_layer=shape["n_layer"],
-                       d_model=shape["d_model"], d_head=64 if plain else shape["d_head"],
+                       d_model=shape["d_model"], d_head=64 if plain and shape["d_model"] % 64 == 0 else shape["d_head"],
                        attn_sink=shape["attn_sink"] and variant not in ("plain", "nosink"),
                        bigram_table=recipe, afrac=afrac if recipe else None)
     dense = variant in ("plain", "nosink", "dense", "dense_sinkmask")

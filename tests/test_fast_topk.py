@@ -156,9 +156,12 @@ def test_abs_topk_forward_and_backward_match_the_reference(ties):
 
 
 def test_abs_topk_keeps_dtype_and_passes_through_when_k_is_full():
-    x = torch.randn(2, 3, 8, dtype=torch.bfloat16)
-    assert abs_topk(x, 2).dtype == torch.bfloat16
-    assert torch.equal(abs_topk(x, 2), abs_topk_reference(x, 2))
+    x = torch.randn(2, 3, 8, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    out = abs_topk(x, 2)
+    assert out.dtype == torch.bfloat16
+    # bf16 magnitudes tie often: the reference (torch.topk) breaks ties arbitrarily, the rule by index
+    assert torch.equal(out.abs().sort(-1).values, abs_topk_reference(x, 2).abs().sort(-1).values)
+    assert torch.equal(out != 0, _rule_reference(x.abs().float().view(-1, 8), 2).view(x.shape))
     assert abs_topk(x, 8) is x
 
 

@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# One-call GPU check of the speed targets: exactness tests first, then every benchmark, then one table.
+#
+#   bash bench/gpu.sh                          # on a CUDA machine; results in bench/results/
+#   RESULTS_DIR=/some/dir bash bench/gpu.sh    # gpu.json (every part's numbers + the target table) and gpu.log there
+#   DEVICE=cpu bash bench/gpu.sh               # smoke run of the script itself on CPU (tiny shapes, no compile)
+#
+# Environment: PYTHON (default python3, or .venv/bin/python when it exists), BUDGET_S (wall-clock
+# budget for the parts, default 400 s: each part's timeout is cut to what is left), COMPILE (1: run
+# the compiled d1024 part, the default on CUDA). A part that fails or times out is reported and the
+# rest still runs; the table marks what did not run.
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+RESULTS_DIR=${RESULTS_DIR:-bench/results}
+mkdir -p "$RESULTS_DIR"
+PARTS=$(mktemp -d)
+LOG="$RESULTS_DIR/gpu.log"
+DEVICE=${DEVICE:-cuda}
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+BUDGET_S=${BUDGET_S:-400}
+START=$(date +%s)
+if [ "$DEVICE" = cpu ]; then COMPILE=${COMPILE:-0}; else COMPILE=${COMPILE:-1}; fi
+
+exec > >(tee "$LOG") 2>&1
+
+left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
+
+# part NAME CAP_S CMD...: run CMD with timeout min(CAP_S, time left - 20 s); never stops the script.
+part() {
+    local name=$1 cap=$2; shift 2
+    local t; t=$(left); t=$(( t - 20 )); [ "$t" -gt "$cap" ] && t=$cap
+    if [ "$t" -lt 10 ]; then echo "=== $name: NOT RUN (time budget spent)"; return; fi
+    echo "=== $name (timeout ${t}s, $(( $(date +%s) - START ))s in)"
+    timeout --signal=INT --kill-after=10 "$t" "$@"
+    local rc=$?
+    if [ $rc -ne 0 ]; then echo "=== $name: FAILED (exit $rc$([ $rc -eq 124 ] && echo ', timed out'))"; fi
+}
+
+echo "gpu.sh: device $DEVICE, python $PYTHON, budget ${BUDGET_S}s, results in $RESULTS_DIR, git $(git rev-parse --short HEAD 2>/dev/null)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+$PYTHON -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+
+# Shapes: the issue's presets on the GPU; on CPU a tiny config so the script itself can be checked.
+if [ "$DEVICE" = cpu ]; then
+    SHAPE_D512=(--config configs/tiny.yaml); SHAPE_D1024=(--config configs/tiny.yaml)
+    TS=(--repeats 2 --warmup 1); REP=(--repeats 2)
+else
+    SHAPE_D512=(--preset d512); SHAPE_D1024=(--preset d1024)
+    TS=(--repeats 10 --warmup 3); REP=(--repeats 10)
+fi
+EAGER=plain,nosink,dense,dense_sinkmask,sparse,sparse_ref,recipe,recipe_ref
+
+# 1. Exactness on this device first: a wrong kernel shows before any timing.
+echo "=== exactness tests (timeout 150s)"
+timeout 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_sink_attention.py tests/test_fast_topk.py -rs 2>&1 \
+    | tee "$PARTS/tests.out"
+rc=$?
+{ echo "rc=$rc"; tail -n 1 "$PARTS/tests.out"; } > "$PARTS/tests.txt"
+[ $rc -ne 0 ] && echo "=== exactness tests: FAILED (exit $rc); timings below measure code that is not exact"
+
+# 2. The top-k sweeps and AbsTopK alone.
+for p in d512 d1024; do
+    if [ $p = d512 ]; then SH=("${SHAPE_D512[@]}"); else SH=("${SHAPE_D1024[@]}"); fi
+    part "sparsify $p" 60 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" --out "$PARTS/sparsify_$p.json"
+    part "abstopk $p" 60 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" --out "$PARTS/abstopk_$p.json"
+done
+
+# 3. Training steps, eager: every variant interleaved; then the bisect thresholds for both top-k's.
+for p in d512 d1024; do
+    if [ $p = d512 ]; then SH=("${SHAPE_D512[@]}"); else SH=("${SHAPE_D1024[@]}"); fi
+    part "train_step $p eager" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
+        --variants $EAGER --out "$PARTS/train_step_$p.json"
+    part "train_step $p eager, bisect" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
+        --variants dense,sparse,recipe --topk-method bisect --abstopk-method bisect --out "$PARTS/train_step_${p}_bisect.json"
+done
+
+# 4. Compiled d1024 (MFU target; whether the whole recipe compiles). Compilation is most of its time.
+if [ "$COMPILE" = 1 ]; then
+    part "train_step d1024 compiled" 240 $PYTHON bench/train_step.py --device "$DEVICE" "${SHAPE_D1024[@]}" \
+        "${TS[@]}" --compile --variants dense,plain,nosink,sparse,recipe --out "$PARTS/train_step_d1024_compiled.json"
+else
+    echo "=== train_step d1024 compiled: NOT RUN (COMPILE=$COMPILE)"
+fi
+
+# 5. One table of the targets; gpu.json holds it and every part's numbers.
+echo "=== targets ($(( $(date +%s) - START ))s in)"
+$PYTHON bench/gpu_report.py "$PARTS" "$RESULTS_DIR/gpu.json"
+echo "one circuit on an 8-layer d1024 model: not run by this script (needs a trained checkpoint and a corpus)"
+echo "gpu.sh done in $(( $(date +%s) - START ))s"
+rm -rf "$PARTS"
