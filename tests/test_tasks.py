@@ -440,17 +440,19 @@ def test_cli_show_natural_from_a_source_file():
 
 
 def test_cli_scores_the_model_at_each_prompts_last_position(tok):
-    from sparse_gpt.tasks.__main__ import _score
+    from sparse_gpt.tasks import scored_logits
 
     class EchoModel(torch.nn.Module):
         """Logits that put 1 on the current token: the scored row must be the last prompt token."""
 
-        def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        def forward(self, idx: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+            if positions is not None:
+                idx = idx[torch.arange(len(idx)), positions]
             return torch.nn.functional.one_hot(idx, tok.get_vocab_size()).float()
 
     task = get_task("for_while")
     batch = encode_pairs(task, task.pairs(5, seed=0), tok, BLOCK_SIZE)
-    picked = _score(EchoModel(), batch, batch_size=3)
+    picked = scored_logits(EchoModel(), batch, chunk=3)  # length-sorted chunks come back in row order
     last = batch.tokens[torch.arange(len(batch)), batch.positions]
     assert torch.equal(picked.argmax(dim=1), last)
 

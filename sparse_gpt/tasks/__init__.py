@@ -23,10 +23,15 @@ from .base import (
     boundary_problem,
     encode_examples,
     encode_pairs,
+    length_chunks,
     logit_diff,
+    oriented_logit_diff,
+    scored_logits,
     task_accuracy,
     task_logits,
     task_loss,
+    two_way_accuracy,
+    two_way_loss,
 )
 
 # The paper's 20 tasks, in the order of METHOD.md's table, then the controls.
@@ -70,6 +75,6 @@ def get_task(name: str) -> BinaryTask:
 __all__ = [
     "BinaryTask", "Example", "PromptPair", "TaskBatch", "TaskError", "TaskTokenError",
     "PromptTooLongError", "UnknownTaskError", "PAPER_TASKS", "boundary_problem", "encode_examples",
-    "encode_pairs", "get_task", "list_tasks", "logit_diff", "task_accuracy", "task_logits",
-    "task_loss",
+    "encode_pairs", "get_task", "length_chunks", "list_tasks", "logit_diff", "oriented_logit_diff",
+    "scored_logits", "task_accuracy", "task_logits", "task_loss", "two_way_accuracy", "two_way_loss",
 ]

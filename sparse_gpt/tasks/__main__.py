@@ -19,7 +19,6 @@ from sparse_gpt.tokenizer import load_tokenizer, token_strings
 from . import (
     BinaryTask,
     Example,
-    TaskBatch,
     TaskError,
     UnknownTaskError,
     encode_examples,
@@ -27,6 +26,7 @@ from . import (
     get_task,
     list_tasks,
     logit_diff,
+    scored_logits,
     task_accuracy,
     task_loss,
 )
@@ -81,19 +81,6 @@ def _held_out_texts(source: str | None) -> Iterator[str]:
         yield f.read_text(encoding="utf-8", errors="replace")
 
 
-@torch.no_grad()
-def _score(model: torch.nn.Module, batch: TaskBatch, batch_size: int = 64) -> torch.Tensor:
-    """(N, V) logits at each row's scored position."""
-    out = []
-    for i in range(0, len(batch), batch_size):
-        part = batch.select(slice(i, i + batch_size))
-        width = int(part.lengths.max())
-        logits = model(part.tokens[:, :width])  # (B, T, V)
-        rows = torch.arange(len(part), device=logits.device)
-        out.append(logits[rows, part.positions].float())
-    return torch.cat(out)
-
-
 def _cmd_list(_args: argparse.Namespace) -> int:
     width = max(len(n) for n in list_tasks())
     for name in list_tasks():
@@ -136,6 +123,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+@torch.no_grad()
 def _evaluate(task: BinaryTask, model: torch.nn.Module, tokenizer: Tokenizer,
               shown: Sequence[Example], args: argparse.Namespace) -> list[float]:
     """Print the model's accuracy and loss on `args.eval_pairs` pairs (or natural examples);
@@ -150,11 +138,11 @@ def _evaluate(task: BinaryTask, model: torch.nn.Module, tokenizer: Tokenizer,
                              block_size)
         what = f"{args.eval_pairs} pairs"
     batch = batch.to(args.device)
-    logits = _score(model, batch)
+    logits = scored_logits(model, batch)
     print(f"full model on {what}: two-way accuracy {task_accuracy(logits, batch):.3f}, "
           f"mean task loss {task_loss(logits, batch):.4f} nats per prompt")
     shown_batch = encode_examples(task, shown, tokenizer, block_size, strict=True).to(args.device)
-    return torch.sigmoid(logit_diff(_score(model, shown_batch), shown_batch)).tolist()
+    return torch.sigmoid(logit_diff(scored_logits(model, shown_batch), shown_batch)).tolist()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,13 +9,16 @@ This module holds everything the pruner needs besides the tasks themselves:
 - `Example`, `PromptPair` and the abstract `BinaryTask`;
 - `encode_examples` / `encode_pairs`, which turn examples into a right-padded `TaskBatch` and refuse
   any example whose answer would not really be the next token the model sees;
-- `task_logits`, `task_loss`, `task_accuracy` and `logit_diff`, all on the two-way choice.
+- `task_logits`, `logit_diff`, `oriented_logit_diff`, and the one task loss and accuracy
+  (`two_way_loss` / `two_way_accuracy`, and `task_loss` / `task_accuracy` on logits), all on the
+  two-way choice;
+- `scored_logits`, the one loop that runs a model over a batch in chunks of similar length.
 """
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, fields
-from typing import ClassVar, Iterable, Sequence
+from dataclasses import dataclass, fields, replace
+from typing import Callable, ClassVar, Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -142,6 +145,11 @@ class TaskBatch:
     def select(self, rows: torch.Tensor | slice) -> TaskBatch:
         """The batch restricted to some rows (a slice, an index tensor or a boolean mask)."""
         return TaskBatch(**{f.name: getattr(self, f.name)[rows] for f in fields(self)})
+
+    def trimmed(self) -> TaskBatch:
+        """The batch with its token columns cut to the longest prompt (causal: the padding after a
+        prompt never reaches its scored position)."""
+        return replace(self, tokens=self.tokens[:, :int(self.lengths.max())]) if len(self) else self
 
 
 def _answer_id(task: BinaryTask, tokenizer: Tokenizer, answer: str, role: str) -> int:
@@ -290,17 +298,65 @@ def logit_diff(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     return two[:, 0] - two[:, 1]
 
 
-def task_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
-    """Two-way cross-entropy of the correct token against the alternative, in fp32.
+def oriented_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """z = logit(lower id) - logit(higher id) of the two answers, and y = 1 where the lower id is correct.
+
+    A fixed orientation per answer pair makes a bias on z meaningful for calibration."""
+    d = logit_diff(logits, batch)
+    lower_correct = (batch.correct < batch.alternative).to(d.device)
+    return torch.where(lower_correct, d, -d), lower_correct.float()
+
+
+def two_way_loss(z: torch.Tensor, y: torch.Tensor, scale=1.0, bias=0.0) -> torch.Tensor:
+    """Two-way cross-entropy of the (calibrated) oriented logit difference, averaged over prompts.
 
     Averaged over prompts, so over both prompts of every pair: the released code summed the two
-    prompts of a pair, which doubled every loss (METHOD.md section 4); here a loss of 0.15 means
-    0.15 nats per prompt.
+    prompts of a pair, which doubled every loss; here a loss of 0.15 means 0.15 nats per prompt.
     """
-    # -log softmax([d, 0])[0] = softplus(-d), computed stably.
-    return F.softplus(-logit_diff(logits, batch)).mean()
+    return F.binary_cross_entropy_with_logits(z * scale + bias, y)
+
+
+def two_way_accuracy(z: torch.Tensor, y: torch.Tensor, scale=1.0, bias=0.0) -> torch.Tensor:
+    """Share of prompts whose (calibrated) logit difference points to the correct answer; a tie
+    points to neither and counts as wrong."""
+    zc = z * scale + bias
+    return torch.where(y > 0, zc > 0, zc < 0).float().mean()
+
+
+def task_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
+    """Two-way cross-entropy of the correct token against the alternative, in fp32 (two_way_loss)."""
+    return two_way_loss(*oriented_logit_diff(logits, batch))
 
 
 def task_accuracy(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
     """Share of rows whose correct token's logit beats the alternative's (ties count as wrong)."""
-    return (logit_diff(logits, batch) > 0).float().mean()
+    return two_way_accuracy(*oriented_logit_diff(logits, batch))
+
+
+# ----- scoring ------------------------------------------------------------------------------------
+
+
+def length_chunks(batch: TaskBatch, chunk: int) -> Iterator[tuple[torch.Tensor, TaskBatch]]:
+    """(rows, sub-batch) in order of prompt length, `chunk` rows at a time, each sub-batch trimmed
+    to its longest prompt, so short prompts do not pay for the padding of long ones."""
+    order = torch.argsort(batch.lengths.cpu(), stable=True).to(batch.lengths.device)
+    for start in range(0, len(batch), chunk):
+        rows = order[start:start + chunk]
+        yield rows, batch.select(rows).trimmed()
+
+
+def scored_logits(model, batch: TaskBatch, chunk: int = 64,
+                  forward: Callable[[TaskBatch], torch.Tensor] | None = None) -> torch.Tensor:
+    """(N, V) logits at each row's scored position, computed in length chunks (length_chunks).
+
+    `forward(sub_batch)` returns a trimmed sub-batch's (n, V) logits at its scored positions; the
+    default runs the unembedding at those positions only."""
+    if forward is None:
+        forward = lambda part: model(part.tokens, positions=part.positions)  # noqa: E731
+    out = None
+    for rows, part in length_chunks(batch, chunk):
+        logits = forward(part)
+        if out is None:
+            out = logits.new_empty(len(batch), logits.shape[-1])
+        out[rows] = logits
+    return out
