@@ -150,7 +150,15 @@ def load_train_state(ckpt_dir: Path) -> Optional[dict]:
     manifest = _read_manifest(ckpt_dir)
     if TRAIN_STATE_FILE not in manifest["files"]:
         return None
-    return decode_train_state(_read_verified(ckpt_dir, TRAIN_STATE_FILE, manifest))
+    return decode_train_state(_read_verified(ckpt_dir, TRAIN_STATE_FILE, manifest),
+                              f"checkpoint {ckpt_dir}: {TRAIN_STATE_FILE}")
+
+
+def _read_text(ckpt_dir: Path, name: str) -> str:
+    try:
+        return (ckpt_dir / name).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: {name} is not UTF-8 text ({e})") from e
 
 
 @dataclass
@@ -182,12 +190,13 @@ def load_checkpoint(path: Path, map_location: MapLocation = "cpu",
     train_state = None
     if TRAIN_STATE_FILE in manifest["files"]:
         data = _read_verified(ckpt_dir, TRAIN_STATE_FILE, manifest)
-        train_state = decode_train_state(data) if with_train_state else None
+        if with_train_state:
+            train_state = decode_train_state(data, f"checkpoint {ckpt_dir}: {TRAIN_STATE_FILE}")
     return Checkpoint(
         path=ckpt_dir,
         step=manifest["step"],
         state_dict=state_dict,
-        config_yaml=(ckpt_dir / CONFIG_FILE).read_text(encoding="utf-8"),
+        config_yaml=_read_text(ckpt_dir, CONFIG_FILE),
         tokenizer_path=ckpt_dir / TOKENIZER_FILE,
         train_state=train_state,
     )

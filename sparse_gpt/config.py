@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import yaml
 
@@ -58,6 +58,10 @@ class ModelConfig:
                  f"model.d_model ({self.d_model}) must be a multiple of model.d_head ({self.d_head})")
         for name in ("vocab_size", "block_size", "n_layer", "d_model", "d_head"):
             _require(getattr(self, name) > 0, f"model.{name} must be positive")
+        _require(self.d_mlp is None or self.d_mlp > 0,
+                 f"model.d_mlp must be positive (or null for 4 x d_model), got {self.d_mlp}")
+        _require(self.init_std > 0 and math.isfinite(self.init_std),
+                 f"model.init_std must be a positive number, got {self.init_std}")
         _require(self.norm in ("rms", "layer"), f"model.norm must be 'rms' or 'layer', got {self.norm!r}")
         _require(self.activation in ("gelu", "relu"),
                  f"model.activation must be 'gelu' or 'relu', got {self.activation!r}")
@@ -150,6 +154,12 @@ class TrainConfig:
             _require(getattr(self, name) > 0, f"train.{name} must be positive")
         _require(self.lr > 0 and math.isfinite(self.lr), f"train.lr must be a positive number, got {self.lr}")
         _require(0 <= self.warmup_frac < 1, f"train.warmup_frac must be in [0, 1), got {self.warmup_frac}")
+        for name in ("beta1", "beta2"):
+            v = getattr(self, name)
+            _require(0 <= v < 1, f"train.{name} must be in [0, 1), got {v}")
+        _require(0 <= self.eps < math.inf, f"train.eps must be a number >= 0, got {self.eps}")
+        _require(0 <= self.weight_decay < math.inf,
+                 f"train.weight_decay must be a number >= 0, got {self.weight_decay}")
         _require(self.grad_norm in ("rms", "clip", "none"),
                  f"train.grad_norm must be rms, clip or none, got {self.grad_norm!r}")
         _require(self.dtype in ("auto", "fp32", "bf16"), f"train.dtype must be auto, fp32 or bf16, got {self.dtype!r}")
@@ -247,20 +257,36 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.path=value")
     key, _, value = text.partition("=")
-    parsed = yaml.load(value, Loader=_FloatLoader) if value.strip() else None
-    return key.strip().split("."), parsed
+    path = key.strip().split(".")
+    if not all(path):
+        raise ConfigError(f"override {text!r}: {key.strip()!r} is not a key path like train.lr")
+    try:
+        parsed = yaml.load(value, Loader=_FloatLoader) if value.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML "
+                          f"({_first_line(e)}); quote it if it is a string") from e
+    return path, parsed
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """A copy of `raw` with each key.path=value applied in turn (`raw` itself is not changed)."""
     raw = dict(raw or {})
     for text in overrides:
         path, value = parse_override(text)
         node = raw
-        for part in path[:-1]:
-            node[part] = dict(node.get(part) or {})
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if child is not None and not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:depth + 1])} is a "
+                                  f"{type(child).__name__} value ({child!r}), not a section with keys")
+            node[part] = dict(child or {})
             node = node[part]
         node[path[-1]] = value
     return raw
+
+
+def _first_line(error: Exception) -> str:
+    return " ".join(str(error).split())
 
 
 class _FloatLoader(yaml.SafeLoader):
@@ -278,17 +304,42 @@ _FloatLoader.add_implicit_resolver(
 )
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when path is None) and apply key.path=value overrides."""
+def parse_config_yaml(text: str, where: str) -> dict:
+    """The raw mapping of a YAML config text; `where` names its origin in errors."""
+    try:
+        raw = yaml.load(text, Loader=_FloatLoader)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {_first_line(e)}") from e
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a config is a mapping of sections (model, data, sparsity, "
+                          f"train), but the file holds a {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                log: Callable[[str], None] | None = None) -> Config:
+    """Load a YAML config (or the defaults when path is None) and apply key.path=value overrides.
+
+    `log`, when given, hears which config is in use, since an empty file or no file at all means
+    every setting is the built-in default, which is easy to do by accident."""
     raw: dict = {}
-    if path is not None:
+    if path is None:
+        if log:
+            log("config: the built-in defaults (no config file given)")
+    else:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path}"
+                              + (" (it is a directory)" if path.is_dir() else ""))
         try:
-            raw = yaml.load(path.read_text(), Loader=_FloatLoader) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read it as text: {e}") from e
+        raw = parse_config_yaml(text, str(path))
+        if log:
+            log(f"config: {path}" + ("" if raw else " is empty: every setting is the built-in default"))
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw)
 

@@ -51,6 +51,7 @@ class Corpus:
     settings: dict[str, Any]   # source settings that change content (part of the manifest hash)
     roots: list[str]           # where the documents were found (provenance only, not hashed)
     read_raw: Callable[[str], bytes] = field(repr=False)  # document name -> raw bytes
+    not_text: list[str] = field(default_factory=list)  # names of documents that are not UTF-8 text
 
     def read(self, doc: Document) -> str:
         """The document's text, decoded as UTF-8 with replacement so odd bytes cannot stop a run."""
@@ -87,7 +88,7 @@ def collect_corpus(cfg: DataConfig) -> Corpus:
     if cfg.exclude:
         names = [n for n in names if not any(fnmatch.fnmatchcase(n, pat) for pat in cfg.exclude)]
         source_settings = {**source_settings, "exclude": sorted(cfg.exclude)}
-    docs = _make_documents(names, read_raw, cfg.max_bytes, dedupe=cfg.source == "site-packages")
+    docs, not_text = _make_documents(names, read_raw, cfg.max_bytes, dedupe=cfg.source == "site-packages")
     if not docs:
         where = f"data.path={cfg.path!r}" if cfg.path else f"under {', '.join(roots) or '(nothing)'}"
         cap = f" within max_bytes={cfg.max_bytes}" if cfg.max_bytes is not None else ""
@@ -96,7 +97,7 @@ def collect_corpus(cfg: DataConfig) -> Corpus:
     settings = {"source": cfg.source, "max_bytes": cfg.max_bytes, "val_fraction": cfg.val_fraction,
                 **source_settings}
     return Corpus(documents=_assign_splits(docs, cfg.val_fraction), settings=settings,
-                  roots=roots, read_raw=read_raw)
+                  roots=roots, read_raw=read_raw, not_text=not_text)
 
 
 def _open_source(cfg: DataConfig) -> tuple[list[str], Callable[[str], bytes], list[str], dict]:
@@ -216,14 +217,27 @@ def _file_reader(files: dict[str, Path]) -> Callable[[str], bytes]:
 
 # --- documents, cap, split -------------------------------------------------------------------
 
+def _is_text(raw: bytes) -> bool:
+    """UTF-8 without NUL bytes: what a text document looks like (binary files fail one or both)."""
+    if b"\0" in raw:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def _make_documents(names: list[str], read_raw: Callable[[str], bytes], max_bytes: Optional[int],
-                    dedupe: bool) -> list[Document]:
-    """Hash documents in name order until the next one would pass max_bytes.
+                    dedupe: bool) -> tuple[list[Document], list[str]]:
+    """Hash documents in name order until the next one would pass max_bytes; also return the
+    names of those that are not UTF-8 text, which callers should warn about.
 
     Empty documents are dropped (they would only add an end-of-text token). With `dedupe`, a
     document whose content was already taken under an earlier name is skipped and not counted.
     """
     docs: list[Document] = []
+    not_text: list[str] = []
     seen: set[str] = set()
     total = 0
     for name in names:
@@ -238,7 +252,9 @@ def _make_documents(names: list[str], read_raw: Callable[[str], bytes], max_byte
         seen.add(digest)
         total += len(raw)
         docs.append(Document(name, digest, len(raw), ""))
-    return docs
+        if not _is_text(raw):
+            not_text.append(name)
+    return docs, not_text
 
 
 def name_fraction(name: str) -> float:

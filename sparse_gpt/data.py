@@ -6,7 +6,9 @@ keyed by the corpus manifest hash and the tokenizer settings, so any change to t
 tokenizer builds a fresh cache, and an unchanged setup reuses it without re-tokenising.
 
 Crash safety: every file is written to a temp file in the same directory, fsynced and renamed into
-place; meta.json is written last and a cache without a valid meta.json is never trusted.
+place; meta.json is written last and a cache without a valid meta.json is never trusted. Opening a
+cache checks the token files against the sha256 that meta.json records (and their ids against the
+vocabulary), so a damaged or altered cache is rebuilt rather than trained on.
 
 Batches are drawn at offsets that are a pure function of a seed tuple (the trainer passes
 (run_seed, step, rank, micro_step)), so a run resumed after a kill sees exactly the same data.
@@ -32,7 +34,12 @@ from tqdm import tqdm
 
 from sparse_gpt.config import DataConfig
 from sparse_gpt.corpus import Corpus, DataError, Document, collect_corpus, iter_texts
-from sparse_gpt.fileio import atomic_open, sha256_file
+from sparse_gpt.fileio import TMP_PREFIX, atomic_open, sha256_file
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from sparse_gpt.tokenizer import (BRACKET_PATTERN, TINYPYTHON_PATTERN, TokenizerError, eot_id,
                                   load_tokenizer, train_tokenizer)
 
@@ -40,6 +47,8 @@ from sparse_gpt.tokenizer import (BRACKET_PATTERN, TINYPYTHON_PATTERN, Tokenizer
 CACHE_FORMAT = 1
 ENCODE_CHUNK_BYTES = 4_000_000   # text per encode_batch call: big enough to keep all cores busy
 PROGRESS_MIN_BYTES = 16_000_000  # smaller corpora finish too fast for a progress bar to help
+SCAN_CHUNK_BYTES = 1 << 24       # reading token files to check them: a multiple of every itemsize
+BUILD_LOCK = ".build.lock"
 
 Log = Callable[[str], None]
 TOKENIZER_CHANGED = "tokenizer.json missing or not the one the tokens were made with"
@@ -78,15 +87,23 @@ def prepare_data(cfg: DataConfig, log: Log = print, block_size: Optional[int] = 
     """Collect, tokenise and cache the corpus of `cfg`, or reuse a matching cache.
 
     With `block_size`, fail early (DataError) when a split is too short to draw one training window.
-    Call it from one process (e.g. rank 0) before the others: concurrent builders would only
-    duplicate work, since every file lands atomically, but there is no lock.
+    Concurrent callers are safe: one builds the cache under a lock while the others wait for it.
     """
     corpus = collect_corpus(cfg)
+    if corpus.not_text:
+        log(f"warning: {len(corpus.not_text)} of {len(corpus.documents)} documents are not UTF-8 text "
+            f"(e.g. {corpus.not_text[0]!r}); they are read with replacement characters. Check "
+            f"data.path and data.extensions")
     manifest_hash = corpus.manifest_hash()
     d = cache_dir_for(cfg, manifest_hash)
     data, problem = _load_cache(d, manifest_hash, tokenizer_settings(cfg), log)
     if data is None:
-        data = _build_cache(d, corpus, cfg, log, keep_tokenizer=problem != TOKENIZER_CHANGED)
+        d.mkdir(parents=True, exist_ok=True)
+        with _exclusive(d / BUILD_LOCK):
+            # Another process may have built it while this one waited for the lock.
+            data, problem = _load_cache(d, manifest_hash, tokenizer_settings(cfg), lambda _: None)
+            if data is None:
+                data = _build_cache(d, corpus, cfg, log, keep_tokenizer=problem != TOKENIZER_CHANGED)
     if block_size is not None:
         for name, tokens in (("train", data.train), ("val", data.val)):
             check_length(len(tokens), block_size, f"{name} split ({d})")
@@ -126,13 +143,30 @@ def _cache_problem(d: Path, meta: dict, manifest_hash: str, settings: dict) -> O
     tok_path = d / "tokenizer.json"
     if not tok_path.is_file() or sha256_file(tok_path) != meta["tokenizer_hash"]:
         return TOKENIZER_CHANGED
-    itemsize = np.dtype(meta["dtype"]).itemsize
+    dtype = np.dtype(meta["dtype"])
     for split in ("train", "val"):
         path = d / f"{split}.bin"
-        want = meta[f"{split}_tokens"] * itemsize
+        want = meta[f"{split}_tokens"] * dtype.itemsize
         if not path.is_file() or path.stat().st_size != want:
             return f"{path.name} missing or not {want} bytes"
+        digest, top = _scan_tokens(path, dtype)
+        if digest != meta[f"{split}_bin_sha256"]:
+            return f"{path.name} is not the file that was written (sha256 mismatch)"
+        if top >= meta["vocab_size"]:
+            return f"{path.name} holds token id {top}, outside the vocabulary of {meta['vocab_size']}"
     return None
+
+
+def _scan_tokens(path: Path, dtype: np.dtype) -> tuple[str, int]:
+    """(sha256, largest token id) of a token file, in one pass (about 1 s per GB)."""
+    digest, top = hashlib.sha256(), -1
+    with open(path, "rb") as f:
+        while chunk := f.read(SCAN_CHUNK_BYTES):
+            digest.update(chunk)
+            tokens = np.frombuffer(chunk, dtype=dtype)
+            if tokens.size:
+                top = max(top, int(tokens.max()))
+    return digest.hexdigest(), top
 
 
 def _open(d: Path, meta: dict, tok: Tokenizer) -> PreparedData:
@@ -154,6 +188,9 @@ def _build_cache(d: Path, corpus: Corpus, cfg: DataConfig, log: Log,
     d.mkdir(parents=True, exist_ok=True)
     # Drop the old meta first: if this rebuild is killed, the half-new directory is not trusted.
     (d / "meta.json").unlink(missing_ok=True)
+    # Temp files of a killed build; safe to remove, since builders hold the directory's lock.
+    for orphan in d.glob(f"{TMP_PREFIX}*"):
+        orphan.unlink(missing_ok=True)
     if not keep_tokenizer:
         (d / "tokenizer.json").unlink(missing_ok=True)
     tok = _get_tokenizer(d, corpus, cfg, log)
@@ -295,6 +332,16 @@ def _tokenizers_parallelism(log: Log):
 
 # --- atomic files ----------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """Hold an exclusive lock on `lock_path` (waiting for it), so one process builds a cache while
+    others wait and then reuse it. Where flock is missing (Windows) builders do not coordinate."""
+    with open(lock_path, "a") as f:
+        if fcntl is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
+
+
 def _write_json(path: Path, obj: dict) -> None:
     with atomic_open(path, "w") as f:
         json.dump(obj, f, indent=1, sort_keys=True)
@@ -361,3 +408,33 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
     log_p = np.log(counts) - math.log(counts.sum())
     val_counts = np.bincount(np.asarray(val), minlength=vocab_size)
     return float(-(val_counts * log_p).sum() / len(val))
+
+
+# ----- held-out text for statistics over pretraining data (node means, activation contexts) ---------
+
+def validation_texts(data_cfg: DataConfig, max_bytes: int) -> list[str]:
+    """Held-out documents of the pretraining corpus, in sorted order, up to about max_bytes."""
+    corpus = collect_corpus(data_cfg)
+    texts, size = [], 0
+    for doc in corpus.split("val"):
+        texts.append(corpus.read(doc))
+        size += len(texts[-1])
+        if size >= max_bytes:
+            break
+    return texts
+
+
+def validation_windows(tokenizer, data_cfg: DataConfig, block_size: int, n_tokens: int) -> torch.Tensor:
+    """(B, block_size) windows of validation text, documents joined by end-of-text."""
+    ids: list[int] = []
+    eot = eot_id(tokenizer)
+    # ~3 bytes per token on Python source; read a margin more than needed
+    for text in validation_texts(data_cfg, max_bytes=6 * n_tokens):
+        ids.extend(tokenizer.encode(text).ids)
+        ids.append(eot)
+        if len(ids) >= n_tokens:
+            break
+    n = (min(len(ids), n_tokens) // block_size) * block_size
+    if n == 0:
+        raise ValueError(f"the validation split of {data_cfg.source} has fewer than {block_size} tokens")
+    return torch.tensor(ids[:n]).view(-1, block_size)

@@ -5,10 +5,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 
 from .checkpoint import CheckpointError, load_checkpoint, resolve_checkpoint
-from .config import DataConfig, config_from_dict
+from .config import ConfigError, DataConfig, config_from_dict, parse_config_yaml
 from .fileio import sha256_file
 from .model import GPT
 from .openai_format import is_openai_dir, load_openai_model
@@ -36,7 +35,10 @@ def load_any(path: str | Path, device: str = "cpu") -> LoadedModel:
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {path}")
     ck = load_checkpoint(resolve_checkpoint(path), map_location=device, with_train_state=False)
-    cfg = config_from_dict(yaml.safe_load(ck.config_yaml))
+    try:
+        cfg = config_from_dict(parse_config_yaml(ck.config_yaml, f"{ck.path}/config.yaml"))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {ck.path} holds a config.yaml that is not a valid config: {e}") from e
     model = GPT(cfg.model)
     model.load_state_dict(ck.state_dict)
     checksums = json.loads((ck.path / "checksums.json").read_text())

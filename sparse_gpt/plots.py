@@ -8,17 +8,13 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from .fileio import atomic_save_figure
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from .trainer_metrics import read_metrics
 
 
 def plot_run(run_dir: str | Path) -> list[Path]:
     """Write loss.png (train/val loss) and schedule.png (LR and density) into run_dir."""
     run_dir = Path(run_dir)
-    records = read_metrics(run_dir)
+    records = read_metrics(run_dir / "metrics.jsonl")  # a torn last line was reported by the trainer
     return [_loss_figure(run_dir, records), _schedule_figure(run_dir, records)]
 
 

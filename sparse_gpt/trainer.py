@@ -10,7 +10,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,23 +23,33 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-import yaml
 from tqdm import tqdm
 
 from . import checkpoint as ckpt
 from .checkpoint_resume import capture_rng_state, restore_rng_state
-from .config import Config, ConfigError, config_from_dict, dump_config, resolve_device
+from .config import (Config, ConfigError, config_from_dict, dump_config, parse_config_yaml,
+                     resolve_device)
 from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
 from .fileio import atomic_write_text
 from .flops import flops_per_token, peak_flops
 from .model import GPT
 from .sparsity import SparseAdam
+from .trainer_metrics import MetricsLog, read_metrics
+from .trainer_rundir import RunDirError, RunLock, check_out_dir, clear_run, describe_run
 
 VAL_SEED = 1_000_003  # seeds the fixed validation batches, apart from every training step's seed
 
 
 class TrainingError(RuntimeError):
     """Training cannot continue (NaN loss, mismatched resume)."""
+
+
+class TrainingInterrupted(TrainingError):
+    """SIGINT or SIGTERM stopped the run at a step boundary, with a checkpoint to resume from."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -88,23 +100,6 @@ def evaluate(model: GPT, data: PreparedData, cfg: Config, device: str, autocast)
     return float(np.mean(losses))
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON record per line; on resume, records past the checkpoint are dropped."""
-
-    def __init__(self, path: Path, resume_step: int | None):
-        self.path = path
-        if resume_step is not None and path.exists():
-            kept = [line for line in path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            atomic_write_text(path, "".join(line + "\n" for line in kept))
-        elif resume_step is None and path.exists():
-            path.unlink()
-
-    def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-
 @dataclass
 class _Run:
     """Everything the step loop of one run works with, built once by :func:`_setup`."""
@@ -123,28 +118,58 @@ class _Run:
     log: Callable[[str], None]
 
 
-def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> dict:
     """Train a model as configured, writing checkpoints, metrics and plots under out_dir.
 
-    ``cfg`` is not modified; the config the run really uses (with the tokenizer's vocabulary size,
-    or the checkpoint's on resume) is written to ``out_dir/config.yaml``.
+    A directory that already holds a run is refused unless `resume` (continue it) or `overwrite`
+    (replace it) says what to do with it. ``cfg`` is not modified; the config the run really uses
+    (with the tokenizer's vocabulary size, or the checkpoint's on resume) is written to
+    ``out_dir/config.yaml``.
     """
     out_dir = Path(out_dir)
+    _preflight(cfg, out_dir, resume, overwrite)  # refuse before touching anything
     device = resolve_device(cfg.train.device)
     dd = setup_distributed(device)
     try:
-        return _train(cfg, out_dir, resume, progress, device, dd)
+        with RunLock(out_dir) if dd.main else nullcontext():
+            _preflight(cfg, out_dir, resume, overwrite)  # again: the directory is ours only now
+            return _train(cfg, out_dir, resume, overwrite, progress, device, dd)
     finally:
         if dd.world > 1:
             dist.destroy_process_group()
 
 
+def _preflight(cfg: Config, out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """The checks on the run directory that need no data or model."""
+    check_out_dir(out_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; give one")
+    if resume:
+        latest = ckpt.latest_checkpoint(out_dir)
+        if latest is None:
+            raise TrainingError(f"--resume: no checkpoint under {out_dir}/checkpoints to resume from")
+        step = ckpt.verify_checkpoint(latest)["step"]
+        if step >= cfg.train.steps:
+            already = "already finished: its" if step == cfg.train.steps else "has gone past that:"
+            raise TrainingError(f"--resume: the run in {out_dir} {already} latest checkpoint "
+                                f"{latest.name} is at step {step} and --steps (train.steps) is "
+                                f"{cfg.train.steps}; give a larger --steps to train further")
+    elif not overwrite:
+        existing = describe_run(out_dir)
+        if existing is not None:
+            raise RunDirError(f"{out_dir} already holds a run ({existing}); pass --resume to "
+                              f"continue it or --overwrite to replace it")
+
+
 def _load_resume(cfg: Config, out_dir: Path) -> tuple[Config, ckpt.Checkpoint]:
     latest = ckpt.latest_checkpoint(out_dir)
-    if latest is None:
-        raise TrainingError(f"--resume: no checkpoint under {out_dir}/checkpoints to resume from")
     saved = ckpt.load_checkpoint(latest)
-    saved_cfg = config_from_dict(yaml.safe_load(saved.config_yaml))
+    try:
+        saved_cfg = config_from_dict(parse_config_yaml(saved.config_yaml, f"{latest}/config.yaml"))
+    except ConfigError as e:
+        raise ckpt.CheckpointError(f"checkpoint {latest} holds a config.yaml that is not a valid "
+                                   f"config: {e}") from e
     # Only the length of the run may change on resume; anything else would make it a different run.
     mine, theirs = cfg.to_dict(), saved_cfg.to_dict()
     mine["train"]["steps"] = theirs["train"]["steps"] = 0
@@ -155,6 +180,9 @@ def _load_resume(cfg: Config, out_dir: Path) -> tuple[Config, ckpt.Checkpoint]:
     if diffs:
         raise TrainingError(f"--resume with a config that differs from the checkpoint's ({latest}): "
                             + "; ".join(diffs))
+    if saved.train_state is None:
+        raise TrainingError(f"--resume: checkpoint {latest} has no train state (optimiser, RNG) "
+                            "to resume from")
     return _with_train(saved_cfg, steps=cfg.train.steps), saved
 
 
@@ -174,12 +202,17 @@ def _prepare_data(cfg: Config, dd: Dist, log) -> PreparedData:
 
 
 def _check_same_data(saved: ckpt.Checkpoint, data: PreparedData) -> None:
-    meta = json.loads((saved.path / "meta.json").read_text())
-    for key in ("manifest_hash", "tokenizer_hash"):
-        if meta[key] != getattr(data, key):
+    try:
+        meta = json.loads((saved.path / "meta.json").read_text(encoding="utf-8"))
+        recorded = {key: str(meta[key]) for key in ("manifest_hash", "tokenizer_hash")}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ckpt.CheckpointError(f"checkpoint {saved.path} has no readable meta.json "
+                                   f"({type(e).__name__}: {e}), so its data cannot be checked") from e
+    for key, value in recorded.items():
+        if value != getattr(data, key):
             raise TrainingError(
                 f"--resume: the corpus/tokenizer differ from the checkpoint's ({key} "
-                f"{meta[key][:12]} in {saved.path}, now {getattr(data, key)[:12]}); "
+                f"{value[:12]} in {saved.path}, now {getattr(data, key)[:12]}); "
                 f"restore the original data or start a new run")
 
 
@@ -198,9 +231,7 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, device: str, dd: Dist) -> _
     model = GPT(cfg.model).to(device)
     opt = SparseAdam(model, cfg.sparsity, cfg.train)
     if saved is not None:
-        model.load_state_dict({k: v.to(device) for k, v in saved.state_dict.items()})
-        opt.load_state_dict(saved.train_state["optimizer"])
-        restore_rng_state(saved.train_state["rng"])
+        _restore(saved, model, opt, device)
     train_model = torch.compile(model) if cfg.train.compile else model
     if dd.world > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
@@ -214,6 +245,17 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, device: str, dd: Dist) -> _
     micro = cfg.train.batch_size // (dd.world * cfg.train.grad_accum)
     return _Run(cfg, out_dir, device, dd, data, model, train_model, opt, autocast, micro,
                 saved.step if saved is not None else 0, log)
+
+
+def _restore(saved: ckpt.Checkpoint, model: GPT, opt: SparseAdam, device: str) -> None:
+    where = f"checkpoint {saved.path}"
+    try:
+        model.load_state_dict({k: v.to(device) for k, v in saved.state_dict.items()})
+        opt.load_state_dict(saved.train_state["optimizer"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ckpt.CheckpointError(f"{where} does not fit the model of its own config "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from e
+    restore_rng_state(saved.train_state.get("rng"), f"{where}: train_state.pt")
 
 
 def _step_loss(run: _Run, step: int) -> float:
@@ -237,7 +279,23 @@ def _step_loss(run: _Run, step: int) -> float:
     return loss_sum.item()
 
 
-def _save(run: _Run, step: int, val_loss: Optional[float], config_yaml: str) -> Path:
+def _weights_finite(model: GPT) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
+
+
+def _last_good(out_dir: Path) -> str:
+    last = ckpt.latest_checkpoint(out_dir)
+    return f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+
+
+def _save(run: _Run, step: int, val_loss: Optional[float], config_yaml: str) -> Optional[Path]:
+    """Checkpoint the run (on the main process; every process checks the weights first)."""
+    # Never save weights that diverged: LATEST must always name weights worth resuming from.
+    if not _weights_finite(run.model):
+        raise TrainingError(f"the weights are not finite after step {step}; stopped without saving "
+                            f"them; {_last_good(run.out_dir)} (try a lower train.lr)")
+    if not run.dd.main:
+        return None
     data = run.data
     meta = {"step": step, "val_loss": val_loss, "manifest_hash": data.manifest_hash,
             "tokenizer_hash": data.tokenizer_hash, "data_dir": str(data.dir)}
@@ -246,6 +304,39 @@ def _save(run: _Run, step: int, val_loss: Optional[float], config_yaml: str) -> 
                                 data.tokenizer_path, train_state=state,
                                 extra_files={"meta.json": json.dumps(meta, indent=1).encode()},
                                 keep=run.cfg.train.keep_checkpoints)
+
+
+class _StopOnSignal:
+    """While open, SIGINT and SIGTERM ask the loop to stop at the next step boundary instead of
+    killing it mid-step; a second signal stops at once (the checkpoints on disk stay intact)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._old: dict = {}
+
+    def __enter__(self) -> "_StopOnSignal":
+        if threading.current_thread() is threading.main_thread():  # handlers only work there
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def requested(self, run: _Run) -> Optional[int]:
+        """The signal that asked to stop, agreed on by every process (one stops, all stop)."""
+        if run.dd.world == 1:
+            return self.signum
+        flag = torch.tensor([self.signum or 0], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
 
 
 class _Speed:
@@ -291,56 +382,95 @@ def _record(run: _Run, done: int, train_loss: float, info: dict, speed: _Speed) 
     return record
 
 
-def _train(cfg: Config, out_dir: Path, resume: bool, progress: bool, device: str, dd: Dist) -> dict:
-    run = _setup(cfg, out_dir, resume, device, dd)
-    cfg, opt = run.cfg, run.opt
-    speed = _Speed(cfg, device, dd.world)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", run.start_step if resume else None) if dd.main else None
-    config_yaml = dump_config(cfg)
-    if dd.main:
-        atomic_write_text(out_dir / "config.yaml", config_yaml)
-        _log_start(run, speed)
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
-    bar = tqdm(total=cfg.train.steps, initial=run.start_step, disable=not (progress and dd.main),
-               dynamic_ncols=True, file=sys.stderr, desc="train")
-    val_loss = None
-    run.train_model.train()
-    for step in range(run.start_step, cfg.train.steps):
-        train_loss = _step_loss(run, step)
-        if not math.isfinite(train_loss):
-            last = ckpt.latest_checkpoint(out_dir)
-            where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-            raise TrainingError(f"training loss is {train_loss} at step {step}; stopped; {where} "
-                                f"(try a lower train.lr)")
-        info = opt.step(step)
-        opt.zero_grad()
-        speed.add_step()
-        done = step + 1
-        if dd.main:
-            record = _record(run, done, train_loss, info, speed)
-            val_loss = record.get("val_loss", val_loss)
-            metrics.write(record)
-            bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
-                            tok_s=f"{speed.speed:,.0f}",
-                            mfu=f"{speed.util:.1%}" if speed.util is not None else "n/a",
-                            density=f"{opt.l0_at(info['density_scale']) / max(1, opt.l0_at(0.0)):.3f}",
-                            refresh=False)
-            bar.update(1)
-            if done % cfg.train.ckpt_interval == 0 or done == cfg.train.steps:
-                _save(run, done, val_loss, config_yaml)
-    bar.close()
+
+def _start_files(run: _Run, resume: bool, overwrite: bool, config_yaml: str) -> MetricsLog:
+    """Prepare the run directory for writing (only now is an overwritten run removed)."""
+    if overwrite and describe_run(run.out_dir) is not None:
+        run.log(f"overwriting the run in {run.out_dir} ({describe_run(run.out_dir)})")
+        clear_run(run.out_dir)
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(run.out_dir / "metrics.jsonl", run.start_step if resume else None, _warn)
+    atomic_write_text(run.out_dir / "config.yaml", config_yaml)
+    return metrics
+
+
+def _train(cfg: Config, out_dir: Path, resume: bool, overwrite: bool, progress: bool, device: str,
+           dd: Dist) -> dict:
+    run = _setup(cfg, out_dir, resume, device, dd)
+    config_yaml = dump_config(run.cfg)
+    speed = _Speed(run.cfg, device, dd.world)
+    metrics = _start_files(run, resume, overwrite, config_yaml) if dd.main else None
+    if dd.main:
+        _log_start(run, speed)
+    with _StopOnSignal() as stop:
+        val_loss = _loop(run, metrics, speed, config_yaml, stop, progress)
     dd.barrier()
     if not dd.main:
         return {}
-    summary = summarize(out_dir, run.data, opt, val_loss)
+    summary = summarize(out_dir, run.data, run.opt, val_loss)
     from .plots import plot_run
     plot_run(out_dir)
     return summary
 
 
+def _loop(run: _Run, metrics: Optional[MetricsLog], speed: _Speed, config_yaml: str,
+          stop: _StopOnSignal, progress: bool) -> Optional[float]:
+    """The optimiser steps from the start step to the end; returns the last validation loss."""
+    cfg, opt, dd = run.cfg, run.opt, run.dd
+    bar = tqdm(total=cfg.train.steps, initial=run.start_step, disable=not (progress and dd.main),
+               dynamic_ncols=True, file=sys.stderr, desc="train")
+    val_loss, saved_at = None, run.start_step
+    run.train_model.train()
+    try:
+        for step in range(run.start_step, cfg.train.steps):
+            train_loss = _step_loss(run, step)
+            if not math.isfinite(train_loss):
+                raise TrainingError(f"training loss is {train_loss} at step {step}; stopped; "
+                                    f"{_last_good(run.out_dir)} (try a lower train.lr)")
+            info = opt.step(step)
+            opt.zero_grad()
+            speed.add_step()
+            done = step + 1
+            if dd.main:
+                record = _record(run, done, train_loss, info, speed)
+                val_loss = record.get("val_loss", val_loss)
+                metrics.write(record)
+                _show(bar, record, val_loss, speed, opt, info)
+            if done % cfg.train.ckpt_interval == 0 or done == cfg.train.steps:
+                _save(run, done, val_loss, config_yaml)
+                saved_at = done
+            signum = stop.requested(run) if done < cfg.train.steps else None
+            if signum is not None:
+                _stop_for_signal(run, signum, done, saved_at, val_loss, config_yaml)
+    finally:
+        bar.close()
+    return val_loss
+
+
+def _show(bar, record: dict, val_loss: Optional[float], speed: _Speed, opt: SparseAdam, info: dict) -> None:
+    bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
+                    tok_s=f"{speed.speed:,.0f}", mfu=f"{speed.util:.1%}" if speed.util is not None else "n/a",
+                    density=f"{opt.l0_at(info['density_scale']) / max(1, opt.l0_at(0.0)):.3f}",
+                    refresh=False)
+    bar.update(1)
+
+
+def _stop_for_signal(run: _Run, signum: int, done: int, saved_at: int, val_loss: Optional[float],
+                     config_yaml: str) -> None:
+    if saved_at != done:
+        _save(run, done, val_loss, config_yaml)
+    run.dd.barrier()
+    raise TrainingInterrupted(
+        f"stopped by {signal.Signals(signum).name} after step {done}; checkpoint "
+        f"{ckpt.latest_checkpoint(run.out_dir)} holds it; continue with: "
+        f"python train.py --out {run.out_dir} --resume", signum)
+
+
 def summarize(out_dir: Path, data: PreparedData, opt: SparseAdam, val_loss: float | None) -> dict:
-    records = [json.loads(l) for l in (out_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+    records = read_metrics(out_dir / "metrics.jsonl", _warn)
     speeds = [r["tokens_per_s"] for r in records if "tokens_per_s" in r]
     mfus = [r["mfu"] for r in records if r.get("mfu") is not None]
     summary = {

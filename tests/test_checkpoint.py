@@ -417,3 +417,60 @@ def test_sigkill_during_saves_leaves_a_loadable_checkpoint(tmp_path: Path, token
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["LATEST", *names_before, f"step_{next_step:06d}"]
     assert load_checkpoint(run).step == next_step
+
+
+# --------------------------------------------------------------------------------------------
+# Hostile checkpoints
+# --------------------------------------------------------------------------------------------
+
+class _CreatesFileOnLoad:
+    """Unpickles as open(path, "w"): what a crafted train_state.pt could do instead (any code)."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def resign(ckpt: Path, name: str, data: bytes) -> None:
+    """Replace one file of a checkpoint and recompute checksums.json, as an attacker would."""
+    (ckpt / name).write_bytes(data)
+    manifest = json.loads((ckpt / "checksums.json").read_text())
+    manifest["files"][name] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (ckpt / "checksums.json").write_text(json.dumps(manifest))
+
+
+def test_a_malicious_train_state_runs_no_code(tmp_path: Path, tokenizer: Path) -> None:
+    marker = tmp_path / "pwned"
+    ckpt = save_checkpoint(tmp_path / "run", 1, {"w": torch.ones(2)}, CONFIG, tokenizer,
+                           train_state={"step": 1, "rng": torch.get_rng_state()})
+    import io
+    buffer = io.BytesIO()
+    torch.save({"step": 1, "optimizer": _CreatesFileOnLoad(marker)}, buffer)
+    resign(ckpt, "train_state.pt", buffer.getvalue())
+    verify_checkpoint(ckpt)  # the checksums match: they cannot tell a crafted file from a good one
+    with pytest.raises(CheckpointError, match="train_state.pt was refused"):
+        load_checkpoint(ckpt)
+    with pytest.raises(CheckpointError, match="train_state.pt was refused"):
+        load_train_state(ckpt)
+    assert not marker.exists()
+    # Loading only the weights never touches the train state at all.
+    assert load_checkpoint(ckpt, with_train_state=False).train_state is None
+    assert not marker.exists()
+
+
+def test_a_train_state_that_cannot_load_without_pickle_is_refused_at_save(tmp_path: Path,
+                                                                          tokenizer: Path) -> None:
+    import numpy as np
+    with pytest.raises(CheckpointError, match=r"train_state\['rng'\] is a ndarray"):
+        save_checkpoint(tmp_path / "run", 1, {"w": torch.ones(2)}, CONFIG, tokenizer,
+                        train_state={"rng": np.zeros(3)})
+    assert latest_checkpoint(tmp_path / "run") is None
+
+
+def test_a_resigned_config_that_is_not_text_is_a_clean_error(tmp_path: Path, tokenizer: Path) -> None:
+    ckpt = save_checkpoint(tmp_path / "run", 1, {"w": torch.ones(2)}, CONFIG, tokenizer)
+    resign(ckpt, "config.yaml", b"\xff\xfe\x00binary")
+    with pytest.raises(CheckpointError, match="config.yaml is not UTF-8 text"):
+        load_checkpoint(ckpt)

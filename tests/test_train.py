@@ -1,6 +1,7 @@
 """Training end to end: loss goes down, resume after SIGKILL is exact, DDP matches one process."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -98,12 +99,27 @@ def test_ddp_two_processes_match_one(tmp_path):
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_nan_loss_stops_and_names_the_last_checkpoint(tmp_path):
+def _all_finite(ckpt_dir: Path) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in load_state_dict(ckpt_dir).values() if t.is_floating_point())
+
+
+def test_divergence_stops_and_names_a_checkpoint_that_is_really_good(tmp_path):
+    # Diverges within a few steps; with a checkpoint every step, the last ones saved are close to it.
+    proc = run_train("--out", tmp_path / "a", "--steps", 30, "--set", "train.lr=1e3", "--set", "train.ckpt_interval=1",
+                     "--set", "train.warmup_frac=0", check=False)
+    assert proc.returncode == 2 and "not finite" in proc.stderr, proc.stderr
+    named = Path(re.search(r"last good checkpoint is (\S+)", proc.stderr).group(1))
+    assert named == latest_checkpoint(tmp_path / "a") and _all_finite(named)
+    assert all(_all_finite(d) for d in (tmp_path / "a" / "checkpoints").glob("step_*"))
+
+
+def test_nan_loss_at_the_first_step_saves_nothing(tmp_path):
     proc = run_train("--out", tmp_path, "--steps", 30, "--set", "train.lr=1e30", "--set", "train.ckpt_interval=1",
-                     "--set", "train.warmup_frac=0.5", check=False)
-    assert proc.returncode == 2
-    assert "training loss is nan" in proc.stderr or "training loss is inf" in proc.stderr
-    assert "last good checkpoint" in proc.stderr or "no checkpoint was written" in proc.stderr
+                     check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "training loss is" in proc.stderr or "not finite" in proc.stderr
+    assert "no checkpoint was written yet" in proc.stderr
+    assert latest_checkpoint(tmp_path) is None
 
 
 def test_bad_config_errors(tmp_path):
