@@ -7,8 +7,8 @@ One call is what one AbsTopK location costs in a training step: the forward on a
 activation, then the backward of a random upstream gradient. The recipe has eight locations per
 layer: seven of width d_model (attention input, q, k, v, attention output, MLP input and output)
 and the MLP neurons (width 4 d_model); `step_ms` is the cost of all of them in all layers.
-Methods: reference (torch.topk + scatter) and the threshold methods of sparse_gpt.topk (topk,
-bisect, kthvalue, partition). Exactness: every method must keep, in every row, the same magnitudes
+Methods: reference (torch.topk + scatter), triton (one kernel, sparse_gpt.topk_triton; the GPU
+default) and the threshold methods of sparse_gpt.topk (topk, bisect, kthvalue, partition). Exactness: every method must keep, in every row, the same magnitudes
 as the reference (the reference breaks ties arbitrarily) and exactly the entries of the library's
 tie rule (a stable sort by magnitude): `rows_off` counts rows that break either. GPU: bf16.
 """
@@ -26,7 +26,7 @@ from bench.train_step import PRESETS, shape_from_args  # noqa: E402
 from sparse_gpt.config import resolve_device  # noqa: E402
 from sparse_gpt.model import abs_topk, abs_topk_reference  # noqa: E402
 
-DEFAULT = {"cpu": "reference,partition,topk,bisect", "cuda": "reference,topk,bisect"}
+DEFAULT = {"cpu": "reference,partition,topk,bisect", "cuda": "reference,triton,topk,bisect"}
 
 
 def parse_args(argv=None):

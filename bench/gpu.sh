@@ -55,7 +55,7 @@ EAGER=plain,nosink,dense,dense_sinkmask,sparse,sparse_ref,recipe,recipe_ref
 
 # 1. Exactness on this device first: a wrong kernel shows before any timing.
 echo "=== exactness tests (timeout 150s)"
-timeout 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_sink_attention.py tests/test_fast_topk.py -rs 2>&1 \
+timeout 150 $PYTHON -m pytest -q -p no:cacheprovider tests/test_sink_attention.py tests/test_fast_topk.py tests/test_topk_triton.py -rs 2>&1 \
     | tee "$PARTS/tests.out"
 rc=$?
 { echo "rc=$rc"; tail -n 1 "$PARTS/tests.out"; } > "$PARTS/tests.txt"
@@ -68,13 +68,16 @@ for p in d512 d1024; do
     part "abstopk $p" 60 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" --out "$PARTS/abstopk_$p.json"
 done
 
-# 3. Training steps, eager: every variant interleaved; then the bisect thresholds for both top-k's.
+# 3. Training steps, eager: every variant interleaved (default methods: weight top-k by torch.topk's
+#    threshold, AbsTopK by the Triton kernel); then the alternatives: weight top-k by bisection,
+#    AbsTopK by the torch.topk threshold.
 for p in d512 d1024; do
     if [ $p = d512 ]; then SH=("${SHAPE_D512[@]}"); else SH=("${SHAPE_D1024[@]}"); fi
     part "train_step $p eager" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
         --variants $EAGER --out "$PARTS/train_step_$p.json"
-    part "train_step $p eager, bisect" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
-        --variants dense,sparse,recipe --topk-method bisect --abstopk-method bisect --out "$PARTS/train_step_${p}_bisect.json"
+    part "train_step $p eager, alternative methods" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
+        "${TS[@]}" --variants dense,sparse,recipe --topk-method bisect --abstopk-method topk \
+        --out "$PARTS/train_step_${p}_alt.json"
 done
 
 # 4. Compiled d1024 (MFU target; whether the whole recipe compiles). Compilation is most of its time.

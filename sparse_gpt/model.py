@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .config import ModelConfig
 from .sink_attention import sink_attention
+from . import topk_triton
 from .topk import keep_mask
 
 
@@ -49,12 +50,24 @@ def _row_keep_mask(x: torch.Tensor, k: int, method: str = "auto") -> torch.Tenso
     return keep_mask(a.reshape(-1, W), k, method).view(a.shape)
 
 
+def _use_triton(x: torch.Tensor, method: str) -> bool:
+    """The one-kernel Triton AbsTopK: the default on the GPU where it takes the input."""
+    if not ((method == "triton" or (method == "auto" and x.is_cuda)) and topk_triton.supported(x)):
+        return False
+    # tried once per dtype outside compiled code (where the first eager step has already tried it)
+    return torch.compiler.is_compiling() or topk_triton.works(x.dtype, str(x.device))
+
+
 class _AbsTopK(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, k: int, method: str) -> torch.Tensor:
-        keep = _row_keep_mask(x, k, method)
+        if _use_triton(x, method):
+            out, keep = topk_triton.abs_topk_rows(x, k)
+        else:
+            keep = _row_keep_mask(x, k, "auto" if method == "triton" else method)
+            out = torch.where(keep, x, x.new_zeros(()))
         ctx.save_for_backward(keep)  # a bool per entry: less memory than k int64 indices per row
-        return torch.where(keep, x, x.new_zeros(()))
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -66,8 +79,9 @@ def abs_topk(x: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor:
     """Keep the k entries of largest magnitude along the last dim (signs kept), zero the rest.
 
     The same entries as abs_topk_reference (ties aside), found by a per-row threshold instead of
-    topk + scatter; the gradient passes through the kept entries only. method: how the threshold
-    is found (sparse_gpt.topk.METHODS)."""
+    topk + scatter; the gradient passes through the kept entries only. method: "triton" (one
+    kernel per call, sparse_gpt.topk_triton; with "auto" the default on the GPU) or how the
+    threshold is found (sparse_gpt.topk.METHODS)."""
     if k >= x.shape[-1]:
         return x
     return _AbsTopK.apply(x, k, method)

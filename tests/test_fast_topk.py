@@ -168,7 +168,7 @@ def test_abs_topk_keeps_dtype_and_passes_through_when_k_is_full():
 # ----- on a GPU (skipped without one) ---------------------------------------------------------------
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-GPU_METHODS = ("topk", "bisect", "auto")
+GPU_METHODS = ("topk", "bisect", "auto", "triton")
 
 
 @cuda

@@ -1,0 +1,92 @@
+"""AbsTopK as one Triton kernel on the GPU: a row is read once and written once.
+
+Each program holds one row of the activation in registers, finds the k-th largest magnitude bit by
+bit (the bit patterns of non-negative floats order like integers: one in-register count per bit),
+then keeps the entries above it and the first tied ones in index order: the same rule as
+sparse_gpt.topk.keep_mask, with no sort, no index tensor and no round trip through memory. It
+writes the output and a one-byte keep mask for the backward.
+
+Used only where Triton imports and the row fits (`supported`); everything else takes the torch path.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs: the torch path serves
+    triton = None
+
+MAX_WIDTH = 16384  # a row must fit in one program's registers
+
+if triton is not None:
+    @triton.jit
+    def _abs_topk_kernel(x_ptr, out_ptr, keep_ptr, stride_row, W, k,
+                         BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        inside = offs < W
+        x = tl.load(x_ptr + row * stride_row + offs, mask=inside, other=0.0)
+        bits = tl.abs(x).to(INT, bitcast=True)
+        bits = tl.where(inside, bits, -1)  # padding never counts
+        t = tl.zeros((), dtype=INT)
+        for i in tl.static_range(NBITS):
+            cand = t | (tl.full((), 1, dtype=INT) << (NBITS - 1 - i))
+            count = tl.sum((bits >= cand).to(tl.int32), axis=0)
+            t = tl.where(count >= k, cand, t)
+        above = bits > t
+        tied = bits == t
+        need = k - tl.sum(above.to(tl.int32), axis=0)
+        keep = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= need))
+        tl.store(out_ptr + row * W + offs, tl.where(keep, x, 0.0), mask=inside)
+        tl.store(keep_ptr + row * W + offs, keep.to(tl.uint8), mask=inside)
+
+
+_BITS = {torch.bfloat16: (15, "int16"), torch.float16: (15, "int16"), torch.float32: (31, "int32")}
+
+
+def supported(x: torch.Tensor) -> bool:
+    """Whether the kernel takes x: Triton present, a GPU tensor (or Triton's CPU interpreter), a
+    dtype it handles, a row that fits and a contiguous last dim."""
+    if triton is None or x.dtype not in _BITS or x.shape[-1] > MAX_WIDTH or x.stride(-1) != 1:
+        return False
+    return x.is_cuda or _interpreting()
+
+
+@functools.lru_cache(maxsize=None)
+def works(dtype: torch.dtype, device: str) -> bool:
+    """Whether the kernel builds and gives the rule's answer on this device (tried once per dtype):
+    a Triton that cannot build it makes callers fall back to the torch path with a warning."""
+    try:
+        x = torch.tensor([[0.5, -2.0, 1.0, -1.0, 3.0, 1.0]], dtype=dtype, device=device)
+        out, keep = abs_topk_rows(x, 3)
+        ok = keep.cpu().tolist() == [[False, True, True, False, True, False]]  # the first tied 1 only
+        reason = "wrong answer"
+    except Exception as err:  # a compiler error of any kind
+        ok, reason = False, f"{type(err).__name__}: {err}"
+    if not ok:
+        warnings.warn(f"Triton AbsTopK unavailable ({reason}); using the torch path", RuntimeWarning)
+    return ok
+
+
+def _interpreting() -> bool:
+    import os
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def abs_topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, keep) for x (..., W): out keeps the k largest |x| of every row (ties by index), keep
+    is the bool mask of kept entries."""
+    W = x.shape[-1]
+    rows = x.reshape(-1, W)  # a view for the q/k/v chunks of one projection (row stride 3W)
+    out = torch.empty((rows.shape[0], W), dtype=x.dtype, device=x.device)
+    keep = torch.empty((rows.shape[0], W), dtype=torch.uint8, device=x.device)
+    nbits, int_name = _BITS[x.dtype]
+    block = triton.next_power_of_2(W)
+    _abs_topk_kernel[(rows.shape[0],)](rows, out, keep, rows.stride(0), W, k, BLOCK=block, NBITS=nbits,
+                                       INT=getattr(tl, int_name), num_warps=max(1, min(16, block // 256)))
+    return out.view(x.shape), keep.view(torch.bool).view(x.shape)
