@@ -16,9 +16,10 @@ from pathlib import Path
 from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.config import resolve_device
 from sparse_gpt.loading import load_any
-from sparse_gpt.prune.circuit import CircuitError
-from sparse_gpt.prune.extract import CircuitPipeline, geometric_mean
-from sparse_gpt.prune.pruner import PruneConfig, TargetUnreachableError
+from sparse_gpt.circuit import CircuitError
+from sparse_gpt.nodes import ABLATIONS
+from sparse_gpt.pipeline import CircuitPipeline, geometric_mean
+from sparse_gpt.prune import PruneConfig, TargetUnreachableError
 from sparse_gpt.tasks import list_tasks
 from sparse_gpt.tasks.base import TaskError
 
@@ -30,7 +31,7 @@ def parse_args(argv=None):
     p.add_argument("--task", required=True, help="task name, or 'all' for every task (see python -m sparse_gpt.tasks list)")
     p.add_argument("--out", help="output directory (default: <checkpoint run>/circuits); one subdirectory per task")
     p.add_argument("--target-loss", type=float, default=d.target_loss, help="task loss the circuit must meet")
-    p.add_argument("--ablation", choices=["mean", "zero"], default=d.ablation, help="what a pruned node carries")
+    p.add_argument("--ablation", choices=ABLATIONS, default=d.ablation, help="what a pruned node carries")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     p.add_argument("--mask", choices=["heaviside", "hard_concrete"], default=d.mask,
                    help="mask type: the paper's Heaviside + surrogate gradient, or hard-concrete with a Lagrangian size target")
@@ -114,8 +115,8 @@ def main(argv=None) -> int:
             print(f"{name}: skipped: {e}", file=sys.stderr)
             failed.append(name)
             continue
-        rows.append({"task": name, "metrics": circuit["metrics"]})
-        m = circuit["metrics"]
+        rows.append({"task": name, "metrics": circuit.metrics})
+        m = circuit.metrics
         print(f"{name}: {m['nodes']} nodes, {m['edges']} edges, circuit loss {m['circuit_templated']['loss']:.3f} "
               f"({m['seconds']:.0f} s) -> {out / name / 'circuit.json'}", file=sys.stderr)
     if rows:

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import environment, print_table, sync, write_json  # noqa: E402
 from sparse_gpt.config import resolve_device  # noqa: E402
 from sparse_gpt.loading import load_any  # noqa: E402
-from sparse_gpt.prune.extract import CircuitPipeline  # noqa: E402
-from sparse_gpt.prune.nodes import circuit_edges  # noqa: E402
+from sparse_gpt.pipeline import CircuitPipeline  # noqa: E402
+from sparse_gpt.nodes import circuit_edges  # noqa: E402
 from sparse_gpt.prune.pruner import PruneConfig  # noqa: E402
 
 
@@ -46,7 +46,8 @@ def compare_paths(pruner, best, device: str, repeats: int) -> dict:
     """Median seconds of one mask-training step and one held-out evaluation, old vs new code paths."""
     from bench.common import interleaved, median
     from sparse_gpt.prune import masks
-    from sparse_gpt.prune.pruner import oriented_logit_diff, scored_logits, two_way_loss
+    from sparse_gpt.prune.objective import answer_logits as scored_logits
+    from sparse_gpt.tasks.base import oriented_logit_diff, two_way_loss
 
     model, layout, means = pruner.model, pruner.layout, pruner.means
     gen = torch.Generator().manual_seed(0)

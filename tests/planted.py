@@ -126,9 +126,8 @@ SETTINGS = dict(steps=300, batch_pairs=16, pool_pairs=256, eval_pairs=64, k_coef
 
 def prune_planted(redundant: bool = False, **overrides):
     """Prune the planted model; returns (model, tokenizer, task, layout, means, pruner, run)."""
-    from sparse_gpt.prune.means import compute_node_means
-    from sparse_gpt.prune.nodes import NodeLayout
-    from sparse_gpt.prune.pruner import PruneConfig, Pruner
+    from sparse_gpt.nodes import NodeLayout, compute_node_means
+    from sparse_gpt.prune import PruneConfig, Pruner
 
     model, tok, task = planted_model(redundant), planted_tokenizer(), PlantedQuoteTask()
     layout = NodeLayout(model.config)
@@ -137,15 +136,13 @@ def prune_planted(redundant: bool = False, **overrides):
     return model, tok, task, layout, means, pruner, pruner.run(progress=False)
 
 
-def circuit_of(model, layout, run, fingerprint: str = "planted") -> dict:
-    """A circuit artefact (without validation metrics) for a pruning run on the planted model."""
+def circuit_of(model, layout, run, fingerprint: str = "planted"):
+    """A Circuit (without validation metrics) for a pruning run on the planted model."""
     from dataclasses import asdict
 
-    from sparse_gpt.prune.circuit import make_circuit, node_records
-    from sparse_gpt.prune.nodes import circuit_edges
+    from sparse_gpt.circuit import Circuit, Provenance
+    from sparse_gpt.nodes import circuit_edges
 
-    return make_circuit(provenance={"checkpoint_fingerprint": fingerprint, "task": "planted_quote",
-                                    "pruner": run.settings},
-                        model_config=asdict(model.config), nodes=node_records(layout, run.keep, run.scores),
-                        edges=circuit_edges(model, layout, run.keep), calibration=run.calibration,
-                        bisection=run.curve, metrics={})
+    return Circuit(provenance=Provenance(task="planted_quote", pruner=run.settings, checkpoint_fingerprint=fingerprint),
+                   model=asdict(model.config), nodes=layout.circuit_nodes(run.keep, run.scores),
+                   edges=circuit_edges(model, layout, run.keep), calibration=run.calibration, bisection=run.curve)

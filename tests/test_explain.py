@@ -9,8 +9,8 @@ import torch
 
 from planted import PlantedQuoteTask, planted_model, planted_tokenizer, pretraining_windows
 from sparse_gpt.explain import ExplainSettings, NodeContexts, compute_node_contexts
-from sparse_gpt.intervene import ablation_values, format_effects, intervene
-from sparse_gpt.prune.nodes import NodeLayout
+from sparse_gpt.intervene import format_effects, intervene, node_values
+from sparse_gpt.nodes import NodeLayout, ablation_values
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ExplainSettings(k=6, n_contexts=3, before=4, after=2)
@@ -69,7 +69,9 @@ def test_interventions_move_the_two_way_probability_the_planted_way():
     assert effects[0].kl > 0.1 and effects[0].top_after[0][0] == "Y"
     # ablating the quote-type value channel sends both prompts to chance
     layout = NodeLayout(model.config)
-    zero = intervene(model, tok, prompts, ablation_values(layout, ["1.attn.v[0]"], None), answers=answers)
+    zero_values = node_values(layout, ["1.attn.v[0]"], ablation_values("zero", torch.ones(layout.n_nodes)))
+    assert zero_values == {"1.attn.v[0]": 0.0}
+    zero = intervene(model, tok, prompts, zero_values, answers=answers)
     assert all(abs(e.p_after - 0.5) < 0.05 < abs(e.p_before - 0.5) for e in zero)
     # only at the last position: the answer position's own v does not matter (it attends to the quote)
     last = intervene(model, tok, prompts, {"1.attn.v[0]": 0.0}, answers=answers, at="last")

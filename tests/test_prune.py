@@ -7,14 +7,14 @@ import torch
 
 from planted import (PLANTED_NODES, SETTINGS, PlantedQuoteTask, circuit_of, planted_model, planted_tokenizer,
                      prune_planted, pretraining_windows)
-from sparse_gpt.prune.circuit import CircuitError, load_circuit, save_circuit
+from sparse_gpt.circuit import Circuit, CircuitError, evaluate_circuit, load_circuit
+from sparse_gpt.circuit.artefact import checksum
+from sparse_gpt.nodes import NodeLayout, ablation_values, circuit_edges, compute_node_means
 from sparse_gpt.prune.masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
-from sparse_gpt.prune.means import compute_node_means
-from sparse_gpt.prune.nodes import NodeLayout, circuit_edges
-from sparse_gpt.prune.pruner import (PruneConfig, Pruner, TargetUnreachableError, calibrate,
-                                     oriented_logit_diff, two_way_loss)
-from sparse_gpt.prune.validate import evaluate_circuit
-from sparse_gpt.tasks.base import encode_pairs
+from sparse_gpt.prune.objective import calibrate
+from sparse_gpt.prune.pruner import PruneConfig, Pruner, TargetUnreachableError
+from sparse_gpt.tasks.base import (TaskBatch, encode_pairs, oriented_logit_diff, task_accuracy, task_loss,
+                                   two_way_accuracy, two_way_loss)
 
 def test_pruner_finds_exactly_the_planted_circuit(planted):
     model, tok, task, layout, means, pruner, run = planted
@@ -23,9 +23,22 @@ def test_pruner_finds_exactly_the_planted_circuit(planted):
     assert run.loss <= 0.15 and run.converged
 
 
+def test_pruner_leaves_the_model_as_it_was_given(planted):
+    model, *_ = planted
+    assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+
+
+def test_ablation_is_decided_in_one_place():
+    means = torch.tensor([0.5, -1.0])
+    assert torch.equal(ablation_values("mean", means), means)
+    assert torch.equal(ablation_values("zero", means), torch.zeros(2))
+    with pytest.raises(ValueError, match="ablation must be one of mean, zero"):
+        ablation_values("median", means)
+
+
 def test_planted_circuit_edges_are_its_weights(planted):
     model, tok, task, layout, means, pruner, run = planted
-    edges = {(e["source"], e["target"]): e["weight"] for e in circuit_edges(model, layout, run.keep)}
+    edges = {(e.source, e.target): e.weight for e in circuit_edges(model, layout, run.keep)}
     assert edges == {
         ("0.mlp.act_in[8]", "0.mlp.post_act[0]"): 2.0, ("0.mlp.act_in[9]", "0.mlp.post_act[1]"): 2.0,
         ("0.mlp.post_act[0]", "0.mlp.resid_delta[0]"): 0.25, ("0.mlp.post_act[1]", "0.mlp.resid_delta[0]"): 0.25,
@@ -66,14 +79,31 @@ def test_target_the_full_model_cannot_reach_is_refused():
         Pruner(model, layout, means, task, tok, PruneConfig(**(SETTINGS | {"target_loss": 0.001})))
 
 
+def _batch(correct: list[int], alternative: list[int]) -> TaskBatch:
+    n = len(correct)
+    return TaskBatch(tokens=torch.zeros(n, 1, dtype=torch.long), lengths=torch.ones(n, dtype=torch.long),
+                     positions=torch.zeros(n, dtype=torch.long), correct=torch.tensor(correct),
+                     alternative=torch.tensor(alternative), pair_ids=torch.arange(n))
+
+
 def test_two_way_loss_matches_hand_computation_and_task_loss():
     logits = torch.tensor([[2.0, 0.5, -1.0], [0.0, 1.0, 3.0]])
-    batch = type("B", (), {})()
-    batch.correct, batch.alternative = torch.tensor([0, 2]), torch.tensor([2, 1])
+    batch = _batch([0, 2], [2, 1])
     z, y = oriented_logit_diff(logits, batch)
     # prompt 0: correct 2.0 vs alt -1.0; prompt 1: correct 3.0 vs alt 1.0
     hand = (math.log(1 + math.exp(-3.0)) + math.log(1 + math.exp(-2.0))) / 2
     assert two_way_loss(z, y).item() == pytest.approx(hand, rel=1e-6)
+    assert task_loss(logits, batch).item() == two_way_loss(z, y).item()  # one loss, one code path
+
+
+def test_one_accuracy_rule_ties_count_as_wrong():
+    """The pruner's accuracy and the tasks' accuracy are one rule: a tie picks neither answer."""
+    logits = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+    batch = _batch([0, 1, 0, 0], [1, 0, 1, 1])  # rows 0-1 tie (either orientation), row 2 right, row 3 wrong
+    z, y = oriented_logit_diff(logits, batch)
+    assert two_way_accuracy(z, y).item() == task_accuracy(logits, batch).item() == 0.25
+    # a calibration bias breaks the ties one way: the row whose correct answer it favours is right
+    assert two_way_accuracy(z, y, 1.0, 0.5).item() == 0.5
 
 
 def test_calibration_never_raises_the_loss():
@@ -82,15 +112,21 @@ def test_calibration_never_raises_the_loss():
         y = (torch.rand(64, generator=g) > 0.5).float()
         z = (y * 2 - 1) * torch.rand(64, generator=g) * 3 + torch.randn(64, generator=g) * (trial / 5)
         cal = calibrate(z, y)
-        assert cal["loss"] <= two_way_loss(z, y).item() + 1e-7
-        assert cal["loss"] == pytest.approx(two_way_loss(z, y, cal["scale"], cal["bias"]).item(), rel=1e-5)
+        assert cal.loss <= two_way_loss(z, y).item() + 1e-7
+        assert cal.loss == pytest.approx(two_way_loss(z, y, cal.scale, cal.bias).item(), rel=1e-5)
 
 
 def test_artefact_round_trips_and_refuses_tampering(planted, tmp_path):
     model, tok, task, layout, means, pruner, run = planted
-    path = save_circuit(circuit_of(model, layout, run, fingerprint="abc123"), tmp_path / "circuit.json")
+    circuit = circuit_of(model, layout, run, fingerprint="abc123")
+    circuit.metrics = {"passed": True, "random": {"losses": [0.5, 0.7]}}
+    path = circuit.save(tmp_path / "circuit.json")
     loaded = load_circuit(path, fingerprint="abc123")
-    assert {n["name"] for n in loaded["nodes"]} == PLANTED_NODES
+    assert loaded == circuit  # every typed field comes back equal
+    assert set(loaded.node_names) == PLANTED_NODES
+    assert torch.equal(loaded.keep_mask(layout), run.keep)
+    assert loaded.settings == run.settings and loaded.calibration == run.calibration
+    assert json.loads(path.read_text())["schema"] == "sparse_gpt.circuit/1"
     with pytest.raises(CircuitError, match="checkpoint weights"):
         load_circuit(path, fingerprint="other")
     data = json.loads(path.read_text())
@@ -98,6 +134,11 @@ def test_artefact_round_trips_and_refuses_tampering(planted, tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(CircuitError, match="checksum mismatch"):
         load_circuit(path)
+    data = loaded.to_dict()
+    data["provenance"]["pruner"]["surprise"] = 1
+    data["checksum"] = checksum(data)  # a consistent file, but with a setting this version does not know
+    with pytest.raises(CircuitError, match="unknown pruner setting"):
+        Circuit.from_dict(data)
     path.write_text("{not json")
     with pytest.raises(CircuitError, match="not valid JSON"):
         load_circuit(path)
@@ -155,7 +196,7 @@ def test_hard_concrete_pruner_meets_the_target():
 
 def test_node_means_are_cached_beside_the_checkpoint(tmp_path):
     from sparse_gpt.config import DataConfig
-    from sparse_gpt.prune.means import MEANS_FILE, load_or_compute_means
+    from sparse_gpt.nodes import MEANS_FILE, load_or_compute_means
     model, tok = planted_model(), planted_tokenizer()
     layout = NodeLayout(model.config)
     data = DataConfig(max_bytes=400_000, val_fraction=0.2)
@@ -178,7 +219,7 @@ def test_chunked_evaluation_matches_one_forward(planted):
         ev.chunk = chunk
         got = ev.logits(batch, gates)
         T = int(batch.lengths.max())
-        with torch.no_grad(), gated(model, layout, gates, pruner.means):
+        with torch.no_grad(), gated(model, layout, gates, pruner.ablate_to):
             full = model(batch.tokens[:, :T])[torch.arange(len(batch)), batch.positions]
         torch.testing.assert_close(got, full)
     ev.chunk = 64

@@ -1,4 +1,5 @@
 """The static circuit diagram: one shared layout, every node drawn, PNG and SVG written."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,16 @@ from planted import PLANTED_NODES, circuit_of
 from sparse_gpt.render import circuit_layout, render_static
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_importing_the_renderer_leaves_matplotlib_alone():
+    """Drawing uses bare Figures: importing sparse_gpt.render switches no backend and opens no pyplot."""
+    code = ("import matplotlib; before = matplotlib.get_backend(); import sparse_gpt.render, sys; "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'; "
+            "assert matplotlib.get_backend() == before")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=dict(os.environ, MPLBACKEND="svg"))
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_layout_places_every_node_on_its_row_and_channel(planted):
@@ -24,14 +35,14 @@ def test_layout_places_every_node_on_its_row_and_channel(planted):
 
 
 def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path):
-    from sparse_gpt.prune.circuit import save_circuit
     model, tok, task, layout, means, pruner, run = planted
     circuit = circuit_of(model, layout, run)
     paths = render_static(circuit, tmp_path / "circuit")
     assert [p.suffix for p in paths] == [".png", ".svg"] and all(p.stat().st_size > 1000 for p in paths)
     assert (tmp_path / "circuit.png").read_bytes()[:4] == b"\x89PNG"
     assert "1.attn.q[0]" in (tmp_path / "circuit.svg").read_text()  # labels are drawn for small circuits
-    path = save_circuit(circuit, tmp_path / "again" / "circuit.json")
+    assert not list(tmp_path.glob(".*"))  # saved atomically: no temp files left behind
+    path = circuit.save(tmp_path / "again" / "circuit.json")
     proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path), "--static-only"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from ..prune.means import validation_windows
-from ..prune.nodes import NodeLayout
+from ..data import validation_windows
+from ..nodes import NodeLayout
 from ..tensor_cache import load_or_compute
 from ..tokenizer import decode
 

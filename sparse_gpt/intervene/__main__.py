@@ -11,12 +11,13 @@ own correct answer against the alternative. --ablate sets a node to its mean ove
 import argparse
 import sys
 
+import torch
+
 from sparse_gpt.checkpoint import CheckpointError
-from sparse_gpt.intervene import ablation_values, format_effects, intervene
 from sparse_gpt.config import resolve_device
+from sparse_gpt.intervene import format_effects, intervene, node_values
 from sparse_gpt.loading import load_any
-from sparse_gpt.prune.means import load_or_compute_means
-from sparse_gpt.prune.nodes import NodeLayout
+from sparse_gpt.nodes import ABLATIONS, NodeLayout, ablation_values, load_or_compute_means
 from sparse_gpt.tasks import TaskError, get_task
 
 
@@ -36,7 +37,7 @@ def main(argv=None) -> int:
     p.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NODE=VALUE",
                    help="set a node to a value (repeatable)")
     p.add_argument("--ablate", action="append", default=[], metavar="NODE", help="ablate a node (repeatable)")
-    p.add_argument("--ablation", choices=["mean", "zero"], default="mean", help="what an ablated node carries")
+    p.add_argument("--ablation", choices=ABLATIONS, default="mean", help="what an ablated node carries")
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     p.add_argument("--answers", nargs=2, metavar=("ANSWER", "ALTERNATIVE"),
                    help="report P(ANSWER) against ALTERNATIVE for every --prompt")
@@ -56,11 +57,11 @@ def main(argv=None) -> int:
         layout = NodeLayout(model.config)
         values = dict(args.set)
         if args.ablate:
-            means = None
-            if args.ablation == "mean":
-                means = load_or_compute_means(model, layout, tok, loaded.path, loaded.fingerprint, loaded.data,
-                                              log=lambda m: print(m, file=sys.stderr))
-            values |= ablation_values(layout, args.ablate, means)
+            # zero ablation needs no means: skip computing them
+            means = (load_or_compute_means(model, layout, tok, loaded.path, loaded.fingerprint, loaded.data,
+                                           log=lambda m: print(m, file=sys.stderr))
+                     if args.ablation == "mean" else torch.zeros(layout.n_nodes))
+            values |= node_values(layout, args.ablate, ablation_values(args.ablation, means))
         prompts = list(args.prompt)
         answers = [tuple(args.answers) if args.answers else None] * len(prompts)
         if args.task:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..prune.nodes import NodeLayout
+from ..nodes import NodeLayout
 from ..tokenizer import decode, encode, single_token_id
 
 
@@ -21,13 +21,6 @@ class PromptEffect:
     p_after: float | None = None
 
 
-def _locate(layout: NodeLayout, name: str) -> tuple[str, int]:
-    """(hook name, index within it) of a node; a bad name raises KeyError / IndexError naming it."""
-    i = layout.node_index(name)
-    loc = layout.location_of(i)
-    return loc.name, i - loc.offset
-
-
 def _grouped(where: dict[str, tuple[str, int]], values: dict[str, float]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{hook name: (indices, values)} of the nodes to set."""
     groups: dict[str, tuple[list[int], list[float]]] = {}
@@ -39,9 +32,10 @@ def _grouped(where: dict[str, tuple[str, int]], values: dict[str, float]) -> dic
     return {loc: (torch.tensor(idx), torch.tensor(vals)) for loc, (idx, vals) in groups.items()}
 
 
-def ablation_values(layout: NodeLayout, nodes: list[str], means: torch.Tensor | None) -> dict[str, float]:
-    """The value each node carries when ablated: its mean over pretraining text, or 0 without means."""
-    return {n: float(means[layout.node_index(n)]) if means is not None else 0.0 for n in nodes}
+def node_values(layout: NodeLayout, nodes: list[str], ablate_to: torch.Tensor) -> dict[str, float]:
+    """{name: value} of each node in `ablate_to` ((N,), from sparse_gpt.nodes.ablation_values): the
+    values that ablate these nodes."""
+    return {n: float(ablate_to[layout.node_index(n)]) for n in nodes}
 
 
 def _answer_id(tokenizer, text: str) -> int:
@@ -65,7 +59,7 @@ def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
     if answers is not None and len(answers) != len(prompts):
         raise ValueError(f"{len(answers)} answer pairs for {len(prompts)} prompts")
     layout = NodeLayout(model.config)
-    where = {name: _locate(layout, name) for name in values}
+    where = {name: layout.locate(name) for name in values}
     groups = _grouped(where, values)
     device = next(model.parameters()).device
 

@@ -1,8 +1,7 @@
-"""Circuit extraction: node masks, the pruning optimiser, the circuit artefact and its validation."""
-from .circuit import CircuitError, keep_mask, load_circuit, save_circuit
-from .nodes import NodeLayout, circuit_edges
-from .pruner import PruneConfig, Pruner, TargetUnreachableError
-from .validate import evaluate_circuit
+"""Pruning: node masks and how they act on a model, the task objective, and the pruning optimiser."""
+from .masks import gated, record_norm_scales
+from .objective import Calibration, Evaluator, calibrate
+from .pruner import PruneConfig, Pruner, PruneRun, TargetUnreachableError
 
-__all__ = ["CircuitError", "NodeLayout", "PruneConfig", "Pruner", "TargetUnreachableError", "circuit_edges",
-           "evaluate_circuit", "keep_mask", "load_circuit", "save_circuit"]
+__all__ = ["Calibration", "Evaluator", "PruneConfig", "PruneRun", "Pruner", "TargetUnreachableError", "calibrate",
+           "gated", "record_norm_scales"]

@@ -1,6 +1,6 @@
 """Node masks and how they act on a model: gates, mean ablation, frozen norm scales.
 
-A gate vector g (one entry per node, see nodes.NodeLayout) acts at every node location as
+A gate vector g (one entry per node, see sparse_gpt.nodes.NodeLayout) acts at every node location as
 x * g + mean * (1 - g): a pruned node (g = 0) carries its mean activation over pretraining text.
 """
 from __future__ import annotations
@@ -12,11 +12,11 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .nodes import NodeLayout
+from ..nodes import NodeLayout
 
 
 class HeavisideSTE(torch.autograd.Function):
-    """Forward: 1[tau > 0]. Backward: the derivative of sigmoid(tau / T) (METHOD.md section 3)."""
+    """Forward: 1[tau > 0]. Backward: the derivative of sigmoid(tau / T)."""
 
     @staticmethod
     def forward(ctx, tau: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -138,7 +138,7 @@ def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
     """Run `model` with node gates (N,) applied at every node location; pruned nodes take `means`.
 
     norm_scales (from record_norm_scales) freezes every RMSNorm's 1/rms at the unpruned model's
-    values, so the final norm cannot amplify a shrunken residual (METHOD.md section 6)."""
+    values, so the final norm cannot amplify a shrunken residual."""
     replace = {loc.name: (lambda x, g=gates[loc.slice], m=means[loc.slice]: _mix(x, g.to(x.dtype), m.to(x.dtype)))
                for loc in layout.locations}
     with ExitStack() as stack:

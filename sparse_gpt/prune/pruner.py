@@ -1,4 +1,4 @@
-"""The pruning optimiser (METHOD.md section 3): learn node masks, discretise by bisection, calibrate.
+"""The pruning optimiser: learn node masks, discretise by bisection, calibrate.
 
 One run: train a mask (task loss + k_coef x active nodes) on templated prompt pairs, rank nodes by
 their mask parameter, find the fewest top-ranked nodes whose task loss on fixed held-out batches
@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Iterator
 
 import torch
 from tqdm import tqdm
 
-from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs
-from .masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
-from .nodes import NodeLayout
+from ..nodes import ABLATIONS, NodeLayout, ablation_values
+from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff, two_way_loss
+from .masks import HardConcreteMask, HeavisideMask
+from .objective import Calibration, Evaluator, calibrate, gated_answer_logits
 
 
 class TargetUnreachableError(ValueError):
@@ -52,8 +55,8 @@ class PruneConfig:
     seed: int = 0
 
     def validate(self) -> "PruneConfig":
-        if self.ablation not in ("mean", "zero"):
-            raise ValueError(f"ablation must be 'mean' or 'zero', got {self.ablation!r}")
+        if self.ablation not in ABLATIONS:
+            raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
         if self.mask not in ("heaviside", "hard_concrete"):
             raise ValueError(f"mask must be 'heaviside' or 'hard_concrete', got {self.mask!r}")
         if not 0 < self.target_loss:
@@ -65,14 +68,14 @@ class PruneConfig:
 
 @dataclass
 class PruneRun:
-    settings: dict
+    settings: PruneConfig           # the configuration with this run's k_coef, lr and seed
     scores: torch.Tensor            # (N,) mask ranking
     keep: torch.Tensor              # (N,) bool: the discretised circuit
     n_positive: int                 # nodes with a positive mask parameter after training
     loss_positive: float            # held-out loss keeping exactly those
     curve: list[tuple[int, float]]  # (k, held-out loss) points the bisection evaluated
     loss: float                     # held-out loss of the circuit before calibration
-    calibration: dict               # {"scale", "bias", "loss"}
+    calibration: Calibration
     seconds: float
     history: list[dict] = field(default_factory=list)
 
@@ -83,109 +86,13 @@ class PruneRun:
     @property
     def converged(self) -> bool:
         """The trained mask itself solved the task (so the ranking, not the bisection, chose the size)."""
-        return self.loss_positive <= self.settings["target_loss"]
+        return self.loss_positive <= self.settings.target_loss
 
     def summary(self) -> dict:
-        return {"k_coef": self.settings["k_coef"], "lr": self.settings["lr"], "seed": self.settings["seed"],
+        return {"k_coef": self.settings.k_coef, "lr": self.settings.lr, "seed": self.settings.seed,
                 "nodes": self.n_nodes, "n_positive": self.n_positive, "loss_positive": self.loss_positive,
-                "loss": self.loss, "calibrated_loss": self.calibration["loss"], "converged": self.converged,
+                "loss": self.loss, "calibrated_loss": self.calibration.loss, "converged": self.converged,
                 "seconds": round(self.seconds, 1)}
-
-
-# ----- losses on the two answer tokens -------------------------------------------------------------
-
-def oriented_logit_diff(logits: torch.Tensor, batch: TaskBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """z = logit(lower id) - logit(higher id) of the two answers, and y = 1 where the lower id is correct.
-
-    A fixed orientation per answer pair makes a bias on z meaningful for calibration."""
-    lo = torch.minimum(batch.correct, batch.alternative)
-    hi = torch.maximum(batch.correct, batch.alternative)
-    z = logits.gather(1, lo[:, None]).squeeze(1) - logits.gather(1, hi[:, None]).squeeze(1)
-    return z.float(), (batch.correct == lo).float()
-
-
-def two_way_loss(z: torch.Tensor, y: torch.Tensor, scale=1.0, bias=0.0) -> torch.Tensor:
-    """Two-way cross-entropy of the (calibrated) logit difference, averaged over prompts."""
-    return torch.nn.functional.binary_cross_entropy_with_logits(z * scale + bias, y)
-
-
-def calibrate(z: torch.Tensor, y: torch.Tensor, steps: int = 16) -> dict:
-    """Fit scale and bias of z by LBFGS; keeps (1, 0) if fitting does not lower the loss."""
-    base = two_way_loss(z, y).item()
-    params = torch.tensor([1.0, 0.0], requires_grad=True)
-    opt = torch.optim.LBFGS([params], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = two_way_loss(z, y, params[0], params[1])
-        loss.backward()
-        return loss
-    opt.step(closure)
-    with torch.no_grad():
-        fitted = two_way_loss(z, y, params[0], params[1]).item()
-    if math.isfinite(fitted) and fitted < base:
-        return {"scale": params[0].item(), "bias": params[1].item(), "loss": fitted}
-    return {"scale": 1.0, "bias": 0.0, "loss": base}
-
-
-# ----- running the model on task batches -----------------------------------------------------------
-
-def scored_logits(model, batch: TaskBatch, chunk: int = 256, frozen_norms: bool = False) -> torch.Tensor:
-    """Logits (N, V) at each prompt's scored position; sequences trimmed to the longest prompt.
-
-    The unembedding runs at the scored positions only, except under frozen norms (whose recorded
-    scales cover every position)."""
-    out = []
-    for start in range(0, len(batch), chunk):
-        part = batch.select(slice(start, start + chunk))
-        T = int(part.lengths.max())
-        if frozen_norms:
-            logits = model(part.tokens[:, :T])
-            out.append(logits[torch.arange(len(part), device=logits.device), part.positions])
-        else:
-            out.append(model(part.tokens[:, :T], positions=part.positions))
-    return torch.cat(out)
-
-
-class Evaluator:
-    """Loss / accuracy of the model under a gate vector, on fixed batches (no gradients).
-
-    Prompts run in chunks of similar length (sorted by length), each trimmed to its longest prompt,
-    so short prompts do not pay for the padding of long ones."""
-
-    def __init__(self, model, layout: NodeLayout, means: torch.Tensor, freeze_norms: bool = False,
-                 chunk: int = 64):
-        self.model, self.layout, self.means, self.freeze_norms = model, layout, means, freeze_norms
-        self.chunk = chunk
-
-    @torch.no_grad()
-    def logits(self, batch: TaskBatch, gates: torch.Tensor | None) -> torch.Tensor:
-        order = torch.argsort(batch.lengths.cpu(), stable=True).to(batch.lengths.device)
-        out = None
-        for start in range(0, len(batch), self.chunk):
-            rows = order[start:start + self.chunk]
-            part = batch.select(rows)
-            if gates is None:
-                logits = scored_logits(self.model, part)
-            else:
-                T = int(part.lengths.max())
-                scales = record_norm_scales(self.model, part.tokens[:, :T]) if self.freeze_norms else None
-                with gated(self.model, self.layout, gates, self.means, scales):
-                    logits = scored_logits(self.model, part, frozen_norms=self.freeze_norms)
-            if out is None:
-                out = logits.new_empty(len(batch), logits.shape[-1])
-            out[rows] = logits
-        return out
-
-    def loss(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: dict | None = None) -> float:
-        return self.metrics(batch, gates, calibration)["loss"]
-
-    def metrics(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: dict | None = None) -> dict:
-        z, y = oriented_logit_diff(self.logits(batch, gates), batch)
-        cal = calibration or {"scale": 1.0, "bias": 0.0}
-        zc = z * cal["scale"] + cal["bias"]
-        return {"loss": two_way_loss(zc, y).item(), "accuracy": ((zc > 0).float() == y).float().mean().item(),
-                "n": len(batch)}
 
 
 def top_k_gates(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -195,17 +102,18 @@ def top_k_gates(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class Pruner:
-    """Prunes one model for one task. Build once (batches, means), then `search()` or `run()`."""
+    """Prunes one model for one task. Build once (batches, means), then `search()` or `run()`.
+
+    `means` are the nodes' means over pretraining text; the configured ablation decides what a
+    pruned node carries. The model is only read: its parameters come back as they were given."""
 
     def __init__(self, model, layout: NodeLayout, means: torch.Tensor, task: BinaryTask, tokenizer,
                  cfg: PruneConfig, natural_texts=None, device: str = "cpu", require_full: bool = True):
         self.model, self.layout, self.task, self.cfg = model, layout, task, cfg.validate()
         self.device = device
-        self.means = means.to(device) if cfg.ablation == "mean" else torch.zeros_like(means, device=device)
-        for p in model.parameters():
-            p.requires_grad_(False)
+        self.ablate_to = ablation_values(cfg.ablation, means.to(device))
         block = model.config.block_size
-        enc = lambda pairs: encode_pairs(task, pairs, tokenizer, block).to(device)
+        enc = lambda pairs: encode_pairs(task, pairs, tokenizer, block).to(device)  # noqa: E731
         self.pool = enc(task.pairs(cfg.pool_pairs, seed=cfg.seed, split="prune"))
         self.heldout = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 1, split="prune"))
         self.natural = None
@@ -214,7 +122,7 @@ class Pruner:
             if not examples:
                 raise ValueError(f"--natural-frac {cfg.natural_frac}: task {task.name} has no natural examples")
             self.natural = encode_examples(task, examples, tokenizer, block).to(device)
-        self.eval = Evaluator(model, layout, self.means, cfg.freeze_norms)
+        self.eval = Evaluator(model, layout, self.ablate_to, cfg.freeze_norms)
         full = self.eval.metrics(self.heldout, None)
         self.full_loss = full["loss"]
         # Controls (nonsense tasks) skip this check: the pruner may build a mechanism the model lacks.
@@ -244,59 +152,59 @@ class Pruner:
         return HeavisideMask(self.layout, c.init_bias, c.init_noise, c.temperature, c.tie_qk,
                              generator=gen).to(self.device)
 
+    def _step(self, mask, opt, batch: TaskBatch, k_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the mask; returns the task loss and the gates it was taken at."""
+        gates = mask.gates()
+        part = batch.trimmed()
+        logits = gated_answer_logits(self.model, self.layout, part, gates, self.ablate_to, self.cfg.freeze_norms)
+        task_loss = two_way_loss(*oriented_logit_diff(logits, part))
+        loss = task_loss + k_coef * mask.penalty()
+        for extra in mask.extra_losses().values():
+            loss = loss + extra
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if isinstance(mask, HardConcreteMask):
+            mask.flip_multiplier_grads_()
+        torch.nn.utils.clip_grad_norm_(mask.parameters(), self.cfg.grad_clip)
+        opt.step()
+        return task_loss, gates
+
     def run(self, k_coef: float | None = None, lr: float | None = None, seed: int | None = None,
             progress: bool = True, desc: str = "masks") -> PruneRun:
-        settings = asdict(self.cfg) | {"k_coef": k_coef if k_coef is not None else self.cfg.k_coef,
-                                       "lr": lr if lr is not None else self.cfg.lr,
-                                       "seed": seed if seed is not None else self.cfg.seed}
+        c = self.cfg
+        settings = replace(c, k_coef=c.k_coef if k_coef is None else k_coef, lr=c.lr if lr is None else lr,
+                           seed=c.seed if seed is None else seed)
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(settings["seed"])
+        gen = torch.Generator().manual_seed(settings.seed)
         mask = self._make_mask(gen)
-        opt = torch.optim.AdamW(mask.parameters(), lr=settings["lr"], betas=(0.9, self.cfg.beta2),
-                                weight_decay=self.cfg.weight_decay)
-        steps = self.cfg.steps
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
+        opt = torch.optim.AdamW(mask.parameters(), lr=settings.lr, betas=(0.9, c.beta2), weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / c.steps)
         history = []
-        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-        for step in bar:
-            if isinstance(mask, HardConcreteMask):
-                mask.set_progress(step / steps)
-            batch = self._sample(gen)
-            gates = mask.gates()
-            T = int(batch.lengths.max())
-            scales = record_norm_scales(self.model, batch.tokens[:, :T]) if self.cfg.freeze_norms else None
-            with gated(self.model, self.layout, gates, self.means, scales):
-                z, y = oriented_logit_diff(scored_logits(self.model, batch, frozen_norms=scales is not None), batch)
-            task_loss = two_way_loss(z, y)
-            loss = task_loss + settings["k_coef"] * mask.penalty()
-            for extra in mask.extra_losses().values():
-                loss = loss + extra
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if isinstance(mask, HardConcreteMask):
-                mask.flip_multiplier_grads_()
-            torch.nn.utils.clip_grad_norm_(mask.parameters(), self.cfg.grad_clip)
-            opt.step()
-            sched.step()
-            mask.clamp_()
-            if step % 20 == 0 or step == steps - 1:
-                active = int((gates.detach() > 0.5).sum())
-                history.append({"step": step, "task_loss": task_loss.item(), "active": active})
-                bar.set_postfix(loss=f"{task_loss.item():.3f}", active=active, refresh=False)
+        bar = tqdm(range(c.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+        with _frozen_parameters(self.model):  # gradients flow to the mask only
+            for step in bar:
+                if isinstance(mask, HardConcreteMask):
+                    mask.set_progress(step / c.steps)
+                task_loss, gates = self._step(mask, opt, self._sample(gen), settings.k_coef)
+                sched.step()
+                mask.clamp_()
+                if step % 20 == 0 or step == c.steps - 1:
+                    active = int((gates.detach() > 0.5).sum())
+                    history.append({"step": step, "task_loss": task_loss.item(), "active": active})
+                    bar.set_postfix(loss=f"{task_loss.item():.3f}", active=active, refresh=False)
         bar.close()
         mask.eval()
-        scores = mask.scores().cpu()
-        return self.discretise(scores, settings, time.perf_counter() - t0, history)
+        return self.discretise(mask.scores().cpu(), settings, time.perf_counter() - t0, history)
 
     # -- discretisation --
 
     def loss_at(self, scores: torch.Tensor, k: int) -> float:
         return self.eval.loss(self.heldout, top_k_gates(scores, k).to(self.device))
 
-    def discretise(self, scores: torch.Tensor, settings: dict, seconds: float, history: list) -> PruneRun:
+    def discretise(self, scores: torch.Tensor, settings: PruneConfig, seconds: float, history: list) -> PruneRun:
         """Fewest top-ranked nodes meeting the target on the held-out batch.
 
-        The loss is not monotone in k (METHOD.md section 6), so plain bisection over [0, N] can land
+        The loss is not monotone in k, so plain bisection over [0, N] can land
         far too high. Scan a geometric grid up to the nodes the mask kept (tau > 0), then bisect
         inside the first bracket that crosses the target; extend up to N only if that fails."""
         target, N = self.cfg.target_loss, self.layout.n_nodes
@@ -342,6 +250,20 @@ class Pruner:
             k_coef = k_coef * 3 if run.converged else k_coef / 3
         best = min(runs, key=lambda r: (r.n_nodes, r.loss))
         return best, runs
+
+
+@contextmanager
+def _frozen_parameters(model) -> Iterator[None]:
+    """Switch off requires_grad on every parameter, and restore each one's flag afterwards."""
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 def _concat(a: TaskBatch, b: TaskBatch) -> TaskBatch:

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from sparse_gpt.checkpoint import CheckpointError
-from sparse_gpt.prune.circuit import CircuitError, load_circuit
+from sparse_gpt.circuit import CircuitError, load_circuit
 
 
 def main(argv=None) -> int:
@@ -32,38 +32,19 @@ def main(argv=None) -> int:
         print(path)
     if args.static_only:
         return 0
-    checkpoint = args.checkpoint or circuit["provenance"].get("checkpoint")
+    checkpoint = args.checkpoint or circuit.provenance.checkpoint
     try:
-        print(render_viewer(circuit, args.circuit, checkpoint, prefix, args.device, not args.no_progress))
+        if not checkpoint:
+            raise CheckpointError("circuit.json does not record its checkpoint")
+        from sparse_gpt.config import resolve_device
+        from sparse_gpt.pipeline import rerender
+        print(rerender(args.circuit, checkpoint, prefix, resolve_device(args.device), not args.no_progress,
+                       log=lambda m: print(m, file=sys.stderr)))
     except (CheckpointError, CircuitError, KeyError, ValueError) as e:
         print(f"error: circuit.html not written: {e.args[0] if isinstance(e, KeyError) else e} "
               "(pass --checkpoint DIR, or --static-only for the PNG and SVG alone)", file=sys.stderr)
         return 2
     return 0
-
-
-def render_viewer(circuit: dict, circuit_path: str, checkpoint: str | None, prefix: Path, device: str,
-                  progress: bool) -> Path:
-    from sparse_gpt.explain import node_contexts
-    from sparse_gpt.config import resolve_device
-    from sparse_gpt.loading import load_any
-    from sparse_gpt.prune.means import load_or_compute_means
-    from sparse_gpt.prune.nodes import NodeLayout
-    from sparse_gpt.render import node_details, render_html
-    from sparse_gpt.tasks import get_task
-
-    if not checkpoint:
-        raise CheckpointError("circuit.json does not record its checkpoint")
-    loaded = load_any(checkpoint, resolve_device(device))
-    load_circuit(circuit_path, fingerprint=loaded.fingerprint)  # refuse other weights
-    log = lambda m: print(m, file=sys.stderr)
-    layout = NodeLayout(loaded.model.config)
-    means = load_or_compute_means(loaded.model, layout, loaded.tokenizer, loaded.path, loaded.fingerprint,
-                                  loaded.data, log=log)
-    task = get_task(circuit["provenance"]["task"])
-    details = node_details(loaded.model, loaded.tokenizer, circuit, task, means, node_contexts(loaded, log=log),
-                           progress=progress)
-    return render_html(circuit, details, prefix.with_suffix(".html"))
 
 
 if __name__ == "__main__":

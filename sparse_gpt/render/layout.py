@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..circuit import Circuit
+
 ROWS = ("attn.act_in", "attn.qkv", "attn.resid_delta", "mlp.act_in", "mlp.post_act", "mlp.resid_delta")
 _QKV_ORDER = {"attn.q": 0, "attn.k": 1, "attn.v": 2}
 KIND_COLOURS = {"resid_read": "#4c72b0", "resid_write": "#55a868", "attn_q": "#c44e52", "attn_k": "#dd8452",
@@ -25,32 +27,32 @@ class Layout:
     width: float
 
 
-def circuit_layout(circuit: dict) -> Layout:
-    nodes = circuit["nodes"]
-    d_head = circuit["model"].get("d_head", 16)
-    resid = sorted({n["index"] for n in nodes if n["kind"] in ("resid_read", "resid_write")})
+def circuit_layout(circuit: Circuit) -> Layout:
+    nodes = circuit.nodes
+    d_head = circuit.model.get("d_head", 16)
+    resid = sorted({n.index for n in nodes if n.kind in ("resid_read", "resid_write")})
     x_of_channel = {c: float(i) for i, c in enumerate(resid)}
     band = len(resid) + 1.0
     positions: dict[str, tuple[float, float]] = {}
     span: dict[int, tuple[float, float]] = {}
     banded: dict[float, list[tuple[tuple, str]]] = {}
     for n in nodes:
-        suffix = n["location"].split(".", 1)[1]
+        suffix = n.location.split(".", 1)[1]
         row = ROWS.index("attn.qkv" if suffix in _QKV_ORDER else suffix)
-        y = float(n["layer"] * len(ROWS) + row)
-        if n["kind"] in ("resid_read", "resid_write"):
-            positions[n["name"]] = (x_of_channel[n["index"]], y)
-            lo, hi = span.get(n["index"], (y, y))
-            span[n["index"]] = (min(lo, y), max(hi, y))
+        y = float(n.layer * len(ROWS) + row)
+        if n.kind in ("resid_read", "resid_write"):
+            positions[n.name] = (x_of_channel[n.index], y)
+            lo, hi = span.get(n.index, (y, y))
+            span[n.index] = (min(lo, y), max(hi, y))
         else:
-            head = n["index"] // d_head if suffix in _QKV_ORDER else 0
-            key = (head, _QKV_ORDER.get(suffix, 0), n["index"])
-            banded.setdefault(y, []).append((key, n["name"]))
+            head = n.index // d_head if suffix in _QKV_ORDER else 0
+            key = (head, _QKV_ORDER.get(suffix, 0), n.index)
+            banded.setdefault(y, []).append((key, n.name))
     width = band
     for y, items in banded.items():
         for j, (_, name) in enumerate(sorted(items)):
             positions[name] = (band + j, y)
         width = max(width, band + len(items))
-    n_layers = 1 + max((n["layer"] for n in nodes), default=0)
+    n_layers = 1 + max((n.layer for n in nodes), default=0)
     labels = {float(i * len(ROWS) + r): f"L{i} {row}" for i in range(n_layers) for r, row in enumerate(ROWS)}
     return Layout(positions, resid, span, labels, width)

@@ -1,67 +1,68 @@
-"""The whole circuit, across all layers and at weight level, as PNG and SVG (matplotlib)."""
+"""The whole circuit, across all layers and at weight level, as PNG and SVG (matplotlib).
+
+Drawn on a bare matplotlib Figure (no pyplot, no global backend switch), so importing this module
+changes nothing for the caller.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.collections import LineCollection  # noqa: E402
-
-from .layout import EDGE_COLOURS, KIND_COLOURS, circuit_layout  # noqa: E402
+from ..circuit import Circuit
+from ..fileio import atomic_save_figure
+from .layout import EDGE_COLOURS, KIND_COLOURS, Layout, circuit_layout
 
 
-def render_static(circuit: dict, out_prefix: str | Path) -> list[Path]:
-    """Write OUT_PREFIX.png and OUT_PREFIX.svg; returns their paths."""
-    lay = circuit_layout(circuit)
-    nodes = circuit["nodes"]
-    many = len(nodes) > 60
-    fig_w = min(40.0, 4 + 0.22 * lay.width)
-    rows = max((y for _, y in lay.positions.values()), default=0) + 1
-    fig_h = min(30.0, max(2 + 0.45 * rows, 0.45 * fig_w))  # a wide circuit gets taller rows, not a strip
-    fig, ax = plt.subplots(figsize=(fig_w, fig_h))
-    for c, (lo, hi) in lay.channel_span.items():  # residual channels
-        x = lay.channels.index(c)
-        ax.plot([x, x], [lo - 0.4, hi + 0.4], color="#bbbbbb", lw=1, zorder=0)
-        ax.text(x, -0.9, str(c), ha="center", va="top", fontsize=6, color="#777777")
-    edges = circuit["edges"]
-    if edges:
-        wmax = max(abs(e["weight"]) for e in edges) or 1.0
-        segs = [(lay.positions[e["source"]], lay.positions[e["target"]]) for e in edges]
-        colours = [EDGE_COLOURS["positive" if e["weight"] > 0 else "negative"] for e in edges]
-        widths = [0.3 + 2.2 * abs(e["weight"]) / wmax for e in edges]
-        ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.4, zorder=1))
-    for kind, colour in KIND_COLOURS.items():
-        pts = [lay.positions[n["name"]] for n in nodes if n["kind"] == kind]
-        if pts:
-            ax.scatter(*zip(*pts), s=30 if many else 40, color=colour, label=kind, zorder=2, edgecolors="white",
-                       linewidths=0.5)
-    if not many:
-        for n in nodes:
-            x, y = lay.positions[n["name"]]
-            ax.annotate(n["name"], (x, y), xytext=(3, 3), textcoords="offset points", fontsize=6)
-    ax.set_yticks(list(lay.row_labels), list(lay.row_labels.values()), fontsize=7)
-    ax.set_xticks([])
-    ax.set_xlim(-1, lay.width + 1)
-    ax.set_ylim(-1.5, max(lay.row_labels, default=0) + 1)
-    m = circuit.get("metrics", {})
+def _title(circuit: Circuit) -> str:
+    m = circuit.metrics
     losses = ""
     if "full_templated" in m and "circuit_templated" in m:
         losses = (f"; full loss {m['full_templated']['loss']:.3f}, circuit loss "
                   f"{m.get('circuit_uncalibrated_templated', m['circuit_templated'])['loss']:.3f}")
-    ax.set_title(f"{circuit['provenance'].get('task', '?')}: {len(nodes)} nodes, {len(edges)} edges{losses}\n"
-                 "residual channels as vertical lines; edges red = positive, blue = negative, width ~ |weight|",
-                 fontsize=9)
+    return (f"{circuit.task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges{losses}\n"
+            "residual channels as vertical lines; edges red = positive, blue = negative, width ~ |weight|")
+
+
+def _draw(ax, circuit: Circuit, lay: Layout) -> None:
+    many = len(circuit.nodes) > 60
+    for c, (lo, hi) in lay.channel_span.items():  # residual channels
+        x = lay.channels.index(c)
+        ax.plot([x, x], [lo - 0.4, hi + 0.4], color="#bbbbbb", lw=1, zorder=0)
+        ax.text(x, -0.9, str(c), ha="center", va="top", fontsize=6, color="#777777")
+    edges = circuit.edges
+    if edges:
+        wmax = max(abs(e.weight) for e in edges) or 1.0
+        segs = [(lay.positions[e.source], lay.positions[e.target]) for e in edges]
+        colours = [EDGE_COLOURS["positive" if e.weight > 0 else "negative"] for e in edges]
+        widths = [0.3 + 2.2 * abs(e.weight) / wmax for e in edges]
+        ax.add_collection(LineCollection(segs, colors=colours, linewidths=widths, alpha=0.4, zorder=1))
+    for kind, colour in KIND_COLOURS.items():
+        pts = [lay.positions[n.name] for n in circuit.nodes if n.kind == kind]
+        if pts:
+            ax.scatter(*zip(*pts), s=30 if many else 40, color=colour, label=kind, zorder=2, edgecolors="white",
+                       linewidths=0.5)
+    if not many:
+        for n in circuit.nodes:
+            ax.annotate(n.name, lay.positions[n.name], xytext=(3, 3), textcoords="offset points", fontsize=6)
+
+
+def render_static(circuit: Circuit, out_prefix: str | Path) -> list[Path]:
+    """Write OUT_PREFIX.png and OUT_PREFIX.svg; returns their paths."""
+    lay = circuit_layout(circuit)
+    fig_w = min(40.0, 4 + 0.22 * lay.width)
+    rows = max((y for _, y in lay.positions.values()), default=0) + 1
+    fig_h = min(30.0, max(2 + 0.45 * rows, 0.45 * fig_w))  # a wide circuit gets taller rows, not a strip
+    fig = Figure(figsize=(fig_w, fig_h))
+    ax = fig.subplots()
+    _draw(ax, circuit, lay)
+    ax.set_yticks(list(lay.row_labels), list(lay.row_labels.values()), fontsize=7)
+    ax.set_xticks([])
+    ax.set_xlim(-1, lay.width + 1)
+    ax.set_ylim(-1.5, max(lay.row_labels, default=0) + 1)
+    ax.set_title(_title(circuit), fontsize=9)
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=7, frameon=False)
     fig.tight_layout()
     out_prefix = Path(out_prefix)
-    written = []
-    for ext in ("png", "svg"):
-        path = out_prefix.with_suffix(f".{ext}")
-        tmp = path.with_name(f".tmp-{path.name}")
-        fig.savefig(tmp, dpi=150, format=ext)
-        tmp.replace(path)
-        written.append(path)
-    plt.close(fig)
-    return written
+    return [atomic_save_figure(fig, out_prefix.with_suffix(f".{ext}"), dpi=150) for ext in ("png", "svg")]

@@ -1,8 +1,9 @@
 """Open circuit.html in headless Chromium, click a node, and take a screenshot.
 
-    python -m sparse_gpt.render.browser runs/x/circuits/TASK/circuit.html --click '1.attn.q[0]' --out shot.png
+    python tools/browser.py runs/x/circuits/TASK/circuit.html --click '1.attn.q[0]' --out shot.png
 
-Used by the viewer's browser test and to make the screenshots in docs/. Needs Debian's `chromium`
+Used by the viewer's browser test (tests/test_viewer.py) and to make the screenshots in docs/; not
+part of the sparse_gpt package, which writes the page and never opens it. Needs Debian's `chromium`
 and `chromium-driver` (or any Chromium/Chrome with a matching chromedriver on PATH, or named by
 $CHROMIUM and $CHROMEDRIVER) and the `selenium` package (pip install -e '.[browser]').
 """

@@ -1,4 +1,4 @@
-"""Evidence for or against a circuit's faithfulness (METHOD.md sections 3 and 6).
+"""Evidence for or against a circuit's faithfulness.
 
 Sufficiency: everything outside the circuit ablated, the task still works. Necessity: only the
 circuit ablated, the task breaks. Random node sets of the same size per location as a baseline;
@@ -11,11 +11,11 @@ import math
 
 import torch
 
-from ..tasks.base import BinaryTask, encode_examples, encode_pairs
-from .circuit import keep_mask
-from .masks import gated, record_norm_scales
-from .nodes import NodeLayout
-from .pruner import Evaluator
+from ..nodes import NodeLayout
+from ..prune.masks import gated, record_norm_scales
+from ..prune.objective import Evaluator
+from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs
+from .artefact import Circuit
 
 # Ablating a necessary circuit should push the task loss at least half way to chance (ln 2).
 NECESSITY_LOSS = math.log(2) / 2
@@ -47,35 +47,52 @@ def final_resid_rms_ratio(model, layout, batch, gates, means, freeze_norms: bool
     return (pruned.pow(2).mean().sqrt() / full.pow(2).mean().sqrt()).item()
 
 
-def evaluate_circuit(model, circuit: dict, task: BinaryTask, tokenizer, means: torch.Tensor,
-                     n_pairs: int = 256, n_random: int = 10, seed: int = 10_007,
-                     natural_texts: list[str] | None = None) -> dict:
-    """All validation metrics of `circuit` on `task`; stored in circuit.json's metrics."""
-    device = next(model.parameters()).device
-    layout = NodeLayout(model.config)
-    settings = circuit["provenance"]["pruner"]
-    target = settings["target_loss"]
-    if settings["ablation"] == "zero":
-        means = torch.zeros_like(means)
-    means = means.to(device)
-    ev = Evaluator(model, layout, means, settings["freeze_norms"])
-    keep = keep_mask(circuit, layout).to(device)
-    gates = keep.float()
-    cal = circuit["calibration"]
-    block = model.config.block_size
-
+def _batches(task: BinaryTask, tokenizer, block: int, n_pairs: int, seed: int,
+             natural_texts: list[str] | None) -> dict[str, TaskBatch]:
+    """Templated pairs from the pruning templates and held-out ones, and natural examples if any."""
     batches = {"templated": encode_pairs(task, task.pairs(n_pairs, seed, "prune"), tokenizer, block),
                "heldout": encode_pairs(task, task.pairs(n_pairs, seed, "heldout"), tokenizer, block)}
     if natural_texts:
         examples = task.natural_examples(natural_texts, n=2 * n_pairs, seed=seed, tokenizer=tokenizer)
         if examples:
             batches["natural"] = encode_examples(task, examples, tokenizer, block)
-    batches = {k: b.to(device) for k, b in batches.items()}
+    return batches
 
-    m: dict = {"target_loss": target, "nodes": int(keep.sum()), "edges": len(circuit["edges"])}
+
+def _checks(m: dict, target: float) -> dict:
+    checks = {
+        "sufficient": m["circuit_templated"]["loss"] <= target,
+        "necessary": m["necessity"]["loss"] >= NECESSITY_LOSS,
+        "beats_random": m["circuit_uncalibrated_templated"]["loss"] < m["random"]["min"],
+        "generalises_heldout": m["circuit_heldout"]["loss"] <= max(target, 2 * m["full_heldout"]["loss"]),
+    }
+    if "circuit_natural" in m:
+        # a circuit at chance on real code where the full model is not has found a template shortcut
+        checks["generalises_natural"] = (
+            m["circuit_natural"]["accuracy"] >= 0.5 + 0.5 * (m["full_natural"]["accuracy"] - 0.5))
+    return checks
+
+
+def evaluate_circuit(model, circuit: Circuit, task: BinaryTask, tokenizer, means: torch.Tensor,
+                     n_pairs: int = 256, n_random: int = 10, seed: int = 10_007,
+                     natural_texts: list[str] | None = None) -> dict:
+    """All validation metrics of `circuit` on `task` (`means`: the nodes' means over pretraining
+    text); stored in circuit.json's metrics."""
+    device = next(model.parameters()).device
+    layout = NodeLayout(model.config)
+    settings = circuit.settings
+    target = settings.target_loss
+    ablate_to = circuit.ablation_values(means.to(device))
+    ev = Evaluator(model, layout, ablate_to, settings.freeze_norms)
+    keep = circuit.keep_mask(layout).to(device)
+    gates = keep.float()
+    batches = {k: b.to(device) for k, b in
+               _batches(task, tokenizer, model.config.block_size, n_pairs, seed, natural_texts).items()}
+
+    m: dict = {"target_loss": target, "nodes": int(keep.sum()), "edges": len(circuit.edges)}
     for split, b in batches.items():
         m[f"full_{split}"] = ev.metrics(b, None)
-        m[f"circuit_{split}"] = ev.metrics(b, gates, cal)
+        m[f"circuit_{split}"] = ev.metrics(b, gates, circuit.calibration)
     templ = batches["templated"]
     m["circuit_uncalibrated_templated"] = ev.metrics(templ, gates)
     m["necessity"] = ev.metrics(templ, 1.0 - gates)
@@ -84,16 +101,7 @@ def evaluate_circuit(model, circuit: dict, task: BinaryTask, tokenizer, means: t
                      for _ in range(n_random)]
     m["random"] = {"n": n_random, "losses": random_losses, "mean": sum(random_losses) / max(1, n_random),
                    "min": min(random_losses, default=math.nan)}
-    m["final_resid_rms_ratio"] = final_resid_rms_ratio(model, layout, templ, gates, means, settings["freeze_norms"])
-    m["checks"] = {
-        "sufficient": m["circuit_templated"]["loss"] <= target,
-        "necessary": m["necessity"]["loss"] >= NECESSITY_LOSS,
-        "beats_random": m["circuit_uncalibrated_templated"]["loss"] < m["random"]["min"],
-        "generalises_heldout": m["circuit_heldout"]["loss"] <= max(target, 2 * m["full_heldout"]["loss"]),
-    }
-    if "natural" in batches:
-        # a circuit at chance on real code where the full model is not has found a template shortcut
-        m["checks"]["generalises_natural"] = (
-            m["circuit_natural"]["accuracy"] >= 0.5 + 0.5 * (m["full_natural"]["accuracy"] - 0.5))
+    m["final_resid_rms_ratio"] = final_resid_rms_ratio(model, layout, templ, gates, ablate_to, settings.freeze_norms)
+    m["checks"] = _checks(m, target)
     m["passed"] = m["checks"]["sufficient"] and m["checks"]["necessary"]
     return m

@@ -1,0 +1,223 @@
+"""The nodes a circuit is made of: their addresses, their mean activations, and the weights between them.
+
+Nodes live at the model's hook points: residual reads ({i}.attn.act_in, {i}.mlp.act_in), residual
+writes ({i}.attn.resid_delta, {i}.mlp.resid_delta), MLP neurons ({i}.mlp.post_act) and attention
+q/k/v channels. All nodes of a model are numbered 0..N-1 in one flat vector, location by location,
+so masks and rankings are single tensors and nothing loops over nodes.
+
+What a pruned or ablated node carries (its mean over pretraining text, or zero) is decided here, in
+`ablation_values`, for the pruner, the validation, the viewer and the interventions alike.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DataConfig, ModelConfig
+from .data import validation_windows
+from .tensor_cache import load_or_compute
+
+# Per layer, in forward order: (hook suffix, kind)
+LOCATION_KINDS = (
+    ("attn.act_in", "resid_read"), ("attn.q", "attn_q"), ("attn.k", "attn_k"), ("attn.v", "attn_v"),
+    ("attn.resid_delta", "resid_write"), ("mlp.act_in", "resid_read"), ("mlp.post_act", "mlp_neuron"),
+    ("mlp.resid_delta", "resid_write"),
+)
+ABLATIONS = ("mean", "zero")
+MEANS_FILE = "node_means.safetensors"
+_NAME = re.compile(r"^(\d+)\.(attn|mlp)\.(\w+)\[(\d+)\]$")
+
+
+@dataclass(frozen=True)
+class Location:
+    name: str       # hook name, e.g. "3.attn.q"
+    layer: int
+    kind: str
+    width: int
+    offset: int     # index of this location's first node in the flat node vector
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + self.width)
+
+
+@dataclass(frozen=True)
+class CircuitNode:
+    """One node of a circuit, as circuit.json records it."""
+    name: str                    # '0.mlp.post_act[12]'
+    location: str                # '0.mlp.post_act'
+    layer: int
+    kind: str                    # resid_read | resid_write | attn_q | attn_k | attn_v | mlp_neuron
+    index: int                   # within its location
+    score: float | None = None   # the mask's ranking score (absent in hand-made circuits)
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "location": self.location, "layer": self.layer, "kind": self.kind,
+             "index": self.index}
+        return d if self.score is None else d | {"score": self.score}
+
+
+@dataclass(frozen=True)
+class CircuitEdge:
+    """A nonzero weight between two kept nodes: source feeds target through `matrix`."""
+    source: str
+    target: str
+    weight: float
+    matrix: str      # parameter name, e.g. 'transformer.h.0.mlp.c_fc.weight'
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "target": self.target, "weight": self.weight, "matrix": self.matrix}
+
+
+class NodeLayout:
+    """Numbering of every node of a model; names are '{hook}[{index}]', e.g. '0.mlp.post_act[12]'."""
+
+    def __init__(self, cfg: ModelConfig):
+        self.config = cfg
+        widths = {"resid_read": cfg.d_model, "resid_write": cfg.d_model, "mlp_neuron": cfg.mlp_width,
+                  "attn_q": cfg.n_head * cfg.d_head, "attn_k": cfg.n_head * cfg.d_head,
+                  "attn_v": cfg.n_head * cfg.d_head}
+        self.locations: list[Location] = []
+        offset = 0
+        for layer in range(cfg.n_layer):
+            for suffix, kind in LOCATION_KINDS:
+                self.locations.append(Location(f"{layer}.{suffix}", layer, kind, widths[kind], offset))
+                offset += widths[kind]
+        self.n_nodes = offset
+        self.by_name = {loc.name: loc for loc in self.locations}
+
+    def node_name(self, i: int) -> str:
+        loc = self.location_of(i)
+        return f"{loc.name}[{i - loc.offset}]"
+
+    def location_of(self, i: int) -> Location:
+        if not 0 <= i < self.n_nodes:
+            raise IndexError(f"node {i} out of range: this model has {self.n_nodes} nodes")
+        for loc in self.locations:
+            if i < loc.offset + loc.width:
+                return loc
+        raise AssertionError("unreachable")
+
+    def node_index(self, name: str) -> int:
+        m = _NAME.match(name)
+        loc = self.by_name.get(name.split("[")[0]) if m else None
+        if loc is None:
+            raise KeyError(f"no node named {name!r}; names look like '0.mlp.post_act[12]' "
+                           f"with a location among: {', '.join(s for s, _ in LOCATION_KINDS)}")
+        idx = int(m.group(4))
+        if idx >= loc.width:
+            raise IndexError(f"node {name!r}: index {idx} out of range ({loc.name} has {loc.width} nodes)")
+        return loc.offset + idx
+
+    def locate(self, name: str) -> tuple[str, int]:
+        """(hook name, index within it) of a node; a bad name raises KeyError / IndexError naming it."""
+        i = self.node_index(name)
+        loc = self.location_of(i)
+        return loc.name, i - loc.offset
+
+    def kept_per_location(self, keep: torch.Tensor) -> dict[str, torch.Tensor]:
+        """keep: (N,) bool -> {hook name: sorted indices within the location} (non-empty ones only)."""
+        out = {}
+        for loc in self.locations:
+            idx = keep[loc.slice].nonzero().flatten()
+            if len(idx):
+                out[loc.name] = idx
+        return out
+
+    def circuit_nodes(self, keep: torch.Tensor, scores: torch.Tensor | None = None) -> list[CircuitNode]:
+        """The kept nodes as records, location by location, with their ranking scores."""
+        out = []
+        for loc_name, idx in self.kept_per_location(keep).items():
+            loc = self.by_name[loc_name]
+            for i in idx.tolist():
+                score = float(scores[loc.offset + i]) if scores is not None else None
+                out.append(CircuitNode(f"{loc_name}[{i}]", loc_name, loc.layer, loc.kind, i, score))
+        return out
+
+    def keep_mask(self, names) -> torch.Tensor:
+        """(N,) bool mask of the nodes called `names`."""
+        keep = torch.zeros(self.n_nodes, dtype=torch.bool)
+        for name in names:
+            keep[self.node_index(name)] = True
+        return keep
+
+
+# ----- weights between kept nodes ----------------------------------------------------------------
+
+def circuit_edges(model, layout: NodeLayout, keep: torch.Tensor) -> list[CircuitEdge]:
+    """Nonzero weights whose two end nodes are both kept (c_fc, mlp c_proj, c_attn, attn c_proj).
+
+    The attention output channel j carries v channel j (mixed across positions, not across channels),
+    so the attn c_proj edges start at v channels.
+    """
+    kept = layout.kept_per_location(keep)
+    width = model.config.n_head * model.config.d_head
+    edges: list[CircuitEdge] = []
+
+    def add(matrix_name: str, w: torch.Tensor, src_loc: str, dst_loc: str, row_offset: int = 0):
+        src, dst = kept.get(src_loc), kept.get(dst_loc)
+        if src is None or dst is None:
+            return
+        sub = w[(dst + row_offset)[:, None], src[None, :]]  # (dst, src): nn.Linear is (out, in)
+        for d, s in sub.nonzero().tolist():
+            edges.append(CircuitEdge(f"{src_loc}[{int(src[s])}]", f"{dst_loc}[{int(dst[d])}]",
+                                     float(sub[d, s]), matrix_name))
+
+    weight = lambda m: m.weight.detach().float().cpu()
+    with torch.no_grad():
+        for i, block in enumerate(model.transformer.h):
+            prefix = f"transformer.h.{i}"
+            for j, part in enumerate("qkv"):
+                add(f"{prefix}.attn.c_attn.weight", weight(block.attn.c_attn), f"{i}.attn.act_in",
+                    f"{i}.attn.{part}", j * width)
+            add(f"{prefix}.attn.c_proj.weight", weight(block.attn.c_proj), f"{i}.attn.v", f"{i}.attn.resid_delta")
+            add(f"{prefix}.mlp.c_fc.weight", weight(block.mlp.c_fc), f"{i}.mlp.act_in", f"{i}.mlp.post_act")
+            add(f"{prefix}.mlp.c_proj.weight", weight(block.mlp.c_proj), f"{i}.mlp.post_act",
+                f"{i}.mlp.resid_delta")
+    return edges
+
+
+# ----- what an ablated node carries ----------------------------------------------------------------
+
+def ablation_values(ablation: str, means: torch.Tensor) -> torch.Tensor:
+    """(N,) value every node carries when pruned or ablated: its mean over pretraining text
+    (ablation 'mean') or zero ('zero')."""
+    if ablation == "mean":
+        return means
+    if ablation == "zero":
+        return torch.zeros_like(means)
+    raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {ablation!r}")
+
+
+@torch.no_grad()
+def compute_node_means(model, layout: NodeLayout, windows: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """(N,) mean of every node's activation over all positions of `windows`."""
+    device = next(model.parameters()).device
+    sums = torch.zeros(layout.n_nodes, dtype=torch.float64)
+    count = 0
+    names = [loc.name for loc in layout.locations]
+    for start in range(0, len(windows), batch):
+        x = windows[start:start + batch].to(device)
+        with model.hooks(record=names) as cache:
+            model(x)
+        sums += torch.cat([cache[n].double().sum((0, 1)).cpu() for n in names])
+        count += x.numel()
+    return (sums / count).float()
+
+
+def load_or_compute_means(model, layout: NodeLayout, tokenizer, cache_dir: Path, fingerprint: str,
+                          data_cfg: DataConfig, n_tokens: int = 65536, log=print) -> torch.Tensor:
+    """Node means from cache_dir/node_means.safetensors if it matches `fingerprint`, else computed
+    on `n_tokens` of validation text and written there (a stale cache is never used)."""
+    key = json.dumps({"fingerprint": fingerprint, "n_tokens": n_tokens, "source": data_cfg.source,
+                      "path": data_cfg.path, "n_nodes": layout.n_nodes}, sort_keys=True)
+
+    def compute():
+        windows = validation_windows(tokenizer, data_cfg, model.config.block_size, n_tokens)
+        return {"means": compute_node_means(model, layout, windows)}
+    return load_or_compute(Path(cache_dir) / MEANS_FILE, key, compute, log,
+                           f"node means over {n_tokens:,} validation tokens")["means"]

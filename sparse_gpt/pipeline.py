@@ -1,0 +1,119 @@
+"""From a checkpoint and a task name to a circuit directory: prune, validate, compare with a control,
+then draw (circuit.json, circuit.png/.svg, circuit.html). prune_circuit.py runs `CircuitPipeline`;
+`python -m sparse_gpt.render` redraws a saved circuit through `rerender`, so the viewer is made by
+one sequence (node means -> contexts -> node details -> page) wherever it is made.
+"""
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .circuit import Circuit, Provenance, evaluate_circuit, load_circuit, node_details
+from .data import validation_texts
+from .explain import NodeContexts, node_contexts
+from .loading import LoadedModel, load_any
+from .nodes import NodeLayout, circuit_edges, load_or_compute_means
+from .prune import PruneConfig, Pruner, PruneRun
+from .render import render_html, render_static
+from .tasks import get_task
+
+CONTROL_TASK = "nonsense_quote"
+
+
+def write_viewer(loaded: LoadedModel, circuit: Circuit, means: torch.Tensor, contexts: NodeContexts,
+                 path: Path, progress: bool = True) -> Path:
+    """circuit.html for `circuit`, with node panels computed on the model it was extracted from."""
+    details = node_details(loaded.model, loaded.tokenizer, circuit, get_task(circuit.task), means,
+                           progress=progress)
+    return render_html(circuit, details, path, contexts)
+
+
+def rerender(circuit_path: str | Path, checkpoint: str | Path, prefix: Path, device: str,
+             progress: bool = True, log=print) -> Path:
+    """Redraw the viewer of a saved circuit from its checkpoint (which must have the same weights)."""
+    loaded = load_any(checkpoint, device)
+    circuit = load_circuit(circuit_path, fingerprint=loaded.fingerprint)  # refuse other weights
+    layout = NodeLayout(loaded.model.config)
+    means = load_or_compute_means(loaded.model, layout, loaded.tokenizer, loaded.path, loaded.fingerprint,
+                                  loaded.data, log=log)
+    return write_viewer(loaded, circuit, means, node_contexts(loaded, log=log), prefix.with_suffix(".html"),
+                        progress)
+
+
+class CircuitPipeline:
+    """Shared state for pruning one model on several tasks: means, layout, validation text."""
+
+    def __init__(self, loaded: LoadedModel, cfg: PruneConfig, device: str, log=print):
+        self.loaded, self.cfg, self.device, self.log = loaded, cfg.validate(), device, log
+        self.layout = NodeLayout(loaded.model.config)
+        self.means = load_or_compute_means(loaded.model, self.layout, loaded.tokenizer, loaded.path,
+                                           loaded.fingerprint, loaded.data, log=log).to(device)
+        self.natural_texts = validation_texts(loaded.data, max_bytes=3_000_000)
+        self._control: dict | None = None
+        self._contexts: NodeContexts | None = None
+
+    def contexts(self) -> NodeContexts:
+        """Every node's top-activating contexts (computed once per checkpoint, then cached beside it)."""
+        if self._contexts is None:
+            self._contexts = node_contexts(self.loaded, log=self.log)
+        return self._contexts
+
+    def pruner(self, task_name: str, require_full: bool = True) -> Pruner:
+        return Pruner(self.loaded.model, self.layout, self.means, get_task(task_name), self.loaded.tokenizer,
+                      self.cfg, natural_texts=self.natural_texts, device=self.device, require_full=require_full)
+
+    def control(self, progress: bool = True) -> dict:
+        """Size of the circuit the pruner builds for a nonsense task (computed once per model)."""
+        if self._control is None:
+            pruner = self.pruner(CONTROL_TASK, require_full=False)
+            best, _ = pruner.search(progress=progress)
+            self._control = {"task": CONTROL_TASK, "nodes": best.n_nodes, "loss": best.loss,
+                             "calibrated_loss": best.calibration.loss, "full_loss": pruner.full_loss,
+                             "reached_target": best.loss <= self.cfg.target_loss}
+        return self._control
+
+    def _circuit(self, task_name: str, best: PruneRun) -> Circuit:
+        """The circuit of the best pruning run, before validation."""
+        loaded, model = self.loaded, self.loaded.model
+        provenance = Provenance(
+            checkpoint=str(loaded.path), checkpoint_fingerprint=loaded.fingerprint, checkpoint_kind=loaded.kind,
+            task=task_name, seed=self.cfg.seed, pruner=best.settings, sparse_gpt_version=__version__,
+            torch=torch.__version__, python=platform.python_version(),
+            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        return Circuit(provenance=provenance, model=asdict(model.config),
+                       nodes=self.layout.circuit_nodes(best.keep, best.scores),
+                       edges=circuit_edges(model, self.layout, best.keep), calibration=best.calibration,
+                       bisection=best.curve)
+
+    def extract(self, task_name: str, out_dir: Path, progress: bool = True, with_control: bool = True,
+                viewer: bool = True) -> Circuit:
+        """Prune, validate and write out_dir/circuit.json for one task, with circuit.png/.svg and
+        (unless viewer=False) the interactive circuit.html beside it; returns the circuit."""
+        t0 = time.perf_counter()
+        best, runs = self.pruner(task_name).search(progress=progress)
+        circuit = self._circuit(task_name, best)
+        metrics = evaluate_circuit(self.loaded.model, circuit, get_task(task_name), self.loaded.tokenizer,
+                                   self.means, natural_texts=self.natural_texts)
+        metrics["search"] = [r.summary() for r in runs]
+        metrics["total_nodes"] = self.layout.n_nodes
+        if with_control:
+            metrics["control"] = self.control(progress)
+        metrics["seconds"] = round(time.perf_counter() - t0, 1)
+        circuit.metrics = metrics
+        out_dir = Path(out_dir)
+        circuit.save(out_dir / "circuit.json")
+        render_static(circuit, out_dir / "circuit")
+        if viewer:
+            write_viewer(self.loaded, circuit, self.means, self.contexts(), out_dir / "circuit.html", progress)
+        return circuit
+
+
+def geometric_mean(values: list[float]) -> float:
+    values = [v for v in values if v > 0]
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else math.nan
