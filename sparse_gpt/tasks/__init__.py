@@ -1,4 +1,4 @@
-"""Binary next-token tasks on Python code (METHOD.md section 4), and how to encode and score them.
+"""Binary next-token tasks on Python code, and how to encode and score them.
 
     from sparse_gpt.tasks import get_task, encode_pairs, task_loss
     task = get_task("single_double_quote")
@@ -34,7 +34,7 @@ from .base import (
     two_way_loss,
 )
 
-# The paper's 20 tasks, in the order of METHOD.md's table, then the controls.
+# The paper's 20 tasks, in the order of the paper's table, then the controls.
 PAPER_TASKS = (
     "single_double_quote", "bracket_counting", "set_or_string", "set_or_string_fixedvarname",
     "final_kwarg", "class_init", "with_as", "bracket_brace", "with_open", "for_while", "else_elif",
@@ -58,7 +58,7 @@ class UnknownTaskError(KeyError):
 
 
 def list_tasks(include_controls: bool = True) -> list[str]:
-    """Task names: the paper's 20 in METHOD.md's order, then the controls (unless excluded)."""
+    """Task names: the paper's 20 in the paper's order, then the controls (unless excluded)."""
     return [n for n in _ORDER if include_controls or not _CLASSES[n].control]
 
 

@@ -1,6 +1,6 @@
 """The binary next-token task interface, its tensor encoding, and the task metrics.
 
-A task (METHOD.md section 4) asks one question at one position: is the next token the `correct`
+A task asks one question at one position: is the next token the `correct`
 token or the `alternative` one? Its data are minimal pairs of prompts that differ in one detail,
 where each prompt's answer is the other prompt's alternative, so a model (or a pruned circuit) can
 only score well by reading that detail.
@@ -83,7 +83,7 @@ class BinaryTask(abc.ABC):
     Subclasses set the class attributes and implement `pairs`. `answers` is the fixed pair of answer
     strings, or None for tasks whose answers are copied from the prompt (e.g. class_init's argument
     name), where every pair has its own two answers. A `control` task is not one of the paper's 20
-    tasks but a baseline the pruner compares them with (METHOD.md section 6).
+    tasks but a baseline the pruner compares them with.
     """
 
     name: ClassVar[str]

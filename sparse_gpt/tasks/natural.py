@@ -1,8 +1,7 @@
 """Natural task examples mined from real Python source (held-out text, not templates).
 
 Templated prompts are clean by construction; real code is not. A circuit that only works on
-templates (METHOD.md section 6: the prototype's pruned quote circuit was at chance on natural
-quote openings) is caught by scoring it on examples cut out of real files:
+templates (an early pruned quote circuit was at chance on natural quote openings) is caught by scoring it on examples cut out of real files:
 
 - quotes: a one-line string literal; the prompt is the code before its closing quote.
 - brackets: a `]`; the answer is another `]` if a bracket is still open and closes at once, else

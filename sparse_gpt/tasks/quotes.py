@@ -80,7 +80,7 @@ class NonsenseQuote(TemplateTask):
     `debug(...)`: after `info(` the answer is `"` and after `debug(` it is `'`, whichever quote
     opened the string (the opening quote is drawn at random and shared by both prompts of a pair).
     No model has a reason to know this rule, so a circuit that "solves" it shows how much the pruner
-    can build out of mean-ablated parts (METHOD.md section 6).
+    can build out of mean-ablated parts.
     """
 
     name = "nonsense_quote"
