@@ -79,7 +79,8 @@ def targets(parts: Path) -> list[dict]:
     plain = _row(comp, "plain")
     add("compiled plain step MFU", "d1024 compiled", plain["mfu"] if plain else None, None, unit="%")
     add("weight top-k: sparse / dense", "d1024 compiled", _ratio(comp, "sparse", "dense"), 1.05)
-    add("full recipe / dense", "d1024 compiled", _ratio(comp, "recipe", "dense"), 1.3)
+    add("full recipe / dense", "d1024 compiled", _ratio(_load(parts, "train_step_d1024_compiled_recipe"),
+                                                        "recipe", "dense"), 1.3)
     add("dense with sink / without", "d1024 compiled", _ratio(comp, "dense", "nosink"), 1.15)
     for preset in ("d512", "d1024"):
         sp = _load(parts, f"sparsify_{preset}")

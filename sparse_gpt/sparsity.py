@@ -145,8 +145,8 @@ def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = N
     """Zero all but exactly k entries of w in place: each unit's top `floor`, then the largest |w|.
 
     The default is an exact threshold selection (sparse_gpt.topk: numpy.partition on CPU, torch.topk's
-    values elsewhere);
-    method="reference" is the plain torch.topk version the tests compare it with."""
+    values elsewhere); method="reference" is the plain torch.topk version the tests compare it with.
+    Ties at the threshold are broken by index; a unit's floor among tied weights by torch.topk."""
     keep_topk_group_([w], k, floor, unit_dim, method)
 
 

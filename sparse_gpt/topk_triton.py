@@ -80,7 +80,12 @@ def _interpreting() -> bool:
 
 def abs_topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, keep) for x (..., W): out keeps the k largest |x| of every row (ties by index), keep
-    is the bool mask of kept entries."""
+    is the bool mask of kept entries. A registered op, so torch.compile keeps it as one call."""
+    return torch.ops.sparse_gpt.abs_topk_rows(x, k)
+
+
+@torch.library.custom_op("sparse_gpt::abs_topk_rows", mutates_args=())
+def _abs_topk_rows_op(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     W = x.shape[-1]
     rows = x.reshape(-1, W)  # a view for the q/k/v chunks of one projection (row stride 3W)
     out = torch.empty((rows.shape[0], W), dtype=x.dtype, device=x.device)
@@ -90,3 +95,9 @@ def abs_topk_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     _abs_topk_kernel[(rows.shape[0],)](rows, out, keep, rows.stride(0), W, k, BLOCK=block, NBITS=nbits,
                                        INT=getattr(tl, int_name), num_warps=max(1, min(16, block // 256)))
     return out.view(x.shape), keep.view(torch.bool).view(x.shape)
+
+
+@_abs_topk_rows_op.register_fake
+def _(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return (torch.empty(x.shape, dtype=x.dtype, device=x.device),
+            torch.empty(x.shape, dtype=torch.bool, device=x.device))
