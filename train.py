@@ -14,19 +14,19 @@ import signal
 import sys
 from pathlib import Path
 
-from sparse_gpt.checkpoint import CheckpointError
+# Only the config is imported up front: a mistyped option or config value is reported in a fraction
+# of a second, before torch is loaded.
 from sparse_gpt.config import ConfigError, load_config
-from sparse_gpt.data import DataError
-from sparse_gpt.trainer import TrainingError, TrainingInterrupted, train
-from sparse_gpt.trainer_metrics import MetricsError
-from sparse_gpt.trainer_rundir import RunDirError
 
-# Problems with what the user asked for or gave us; each is reported as one line, exit status 2.
-USER_ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, RunDirError, MetricsError)
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other error of this command (argparse would add a usage block).
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (configs/*.yaml); on --resume defaults to the run's own")
     p.add_argument("--out", help="run directory for checkpoints, metrics and plots (default runs/<config name>)")
     p.add_argument("--steps", type=int, help="number of optimiser steps (overrides train.steps)")
@@ -50,6 +50,9 @@ def main(argv=None) -> int:
     config_path = args.config
     if config_path is None and args.resume:
         config_path = out / "config.yaml"
+        if not config_path.is_file():
+            print(f"error: --resume: {out} holds no run to resume (no config.yaml there)", file=sys.stderr)
+            return 2
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"train.steps={args.steps}")
@@ -57,12 +60,28 @@ def main(argv=None) -> int:
         overrides.append(f"train.device={args.device}")
     try:
         cfg = load_config(config_path, overrides, log=print)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return run(cfg, out, args)
+
+
+def run(cfg, out: Path, args: argparse.Namespace) -> int:
+    from sparse_gpt.checkpoint import CheckpointError
+    from sparse_gpt.data import DataError
+    from sparse_gpt.trainer import TrainingError, TrainingInterrupted, train
+    from sparse_gpt.trainer_metrics import MetricsError
+    from sparse_gpt.trainer_rundir import RunDirError
+
+    # Problems with what the user asked for or gave us: each is one line, exit status 2.
+    user_errors = (ConfigError, DataError, CheckpointError, TrainingError, RunDirError, MetricsError)
+    try:
         summary = train(cfg, out, resume=args.resume, overwrite=args.overwrite,
                         progress=not args.no_progress)
     except TrainingInterrupted as e:
         print(str(e), file=sys.stderr)
         return 128 + e.signum
-    except USER_ERRORS as e:
+    except user_errors as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

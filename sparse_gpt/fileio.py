@@ -28,12 +28,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _naming(error: OSError, path: Path) -> OSError:
+    """`error` with the file it concerns: a failed write (full disk, file too large) names none."""
+    if error.filename is None and error.errno is not None:
+        return type(error)(error.errno, error.strerror, str(path))
+    return error
+
+
 def write_new_file(path: Path, data: bytes) -> None:
     """Create `path` (which must not exist), write `data` and fsync it."""
-    with open(path, "xb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _naming(e, path) from e
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append to a text file (not atomic: for logs whose torn last line readers tolerate)."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise _naming(e, path) from e
 
 
 @contextlib.contextmanager
@@ -48,6 +67,9 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _naming(e, path) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

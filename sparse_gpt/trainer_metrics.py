@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-from .fileio import atomic_write_text
+from .fileio import append_text, atomic_write_text
 
 
 class MetricsError(ValueError):
@@ -51,5 +51,4 @@ class MetricsLog:
             path.unlink()
 
     def write(self, record: dict) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_text(self.path, json.dumps(record) + "\n")
