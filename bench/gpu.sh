@@ -61,37 +61,47 @@ rc=$?
 { echo "rc=$rc"; tail -n 1 "$PARTS/tests.out"; } > "$PARTS/tests.txt"
 [ $rc -ne 0 ] && echo "=== exactness tests: FAILED (exit $rc); timings below measure code that is not exact"
 
-# 2. The top-k sweeps and AbsTopK alone.
-for p in d512 d1024; do
-    if [ $p = d512 ]; then SH=("${SHAPE_D512[@]}"); else SH=("${SHAPE_D1024[@]}"); fi
-    part "sparsify $p" 60 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" --out "$PARTS/sparsify_$p.json"
-    part "abstopk $p" 60 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" --out "$PARTS/abstopk_$p.json"
-done
+# The parts in order of importance: what the time budget cuts is the tail.
+# Default methods: weight top-k by torch.topk's threshold, AbsTopK by the Triton kernel; the
+# "alternative methods" runs use bisection for the weight top-k and the torch.topk threshold for AbsTopK.
+d512() { SH=("${SHAPE_D512[@]}"); }
+d1024() { SH=("${SHAPE_D1024[@]}"); }
 
-# 3. Training steps, eager: every variant interleaved (default methods: weight top-k by torch.topk's
-#    threshold, AbsTopK by the Triton kernel); then the alternatives: weight top-k by bisection,
-#    AbsTopK by the torch.topk threshold.
-for p in d512 d1024; do
-    if [ $p = d512 ]; then SH=("${SHAPE_D512[@]}"); else SH=("${SHAPE_D1024[@]}"); fi
-    part "train_step $p eager" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
-        --variants $EAGER --out "$PARTS/train_step_$p.json"
-    part "train_step $p eager, alternative methods" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
-        "${TS[@]}" --variants dense,sparse,recipe --topk-method bisect --abstopk-method topk \
-        --out "$PARTS/train_step_${p}_alt.json"
-done
+# 2. Training steps, eager, every variant interleaved.
+d512; part "train_step d512 eager" 90 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
+    --variants $EAGER --out "$PARTS/train_step_d512.json"
+d1024; part "train_step d1024 eager" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
+    --variants $EAGER --out "$PARTS/train_step_d1024.json"
+
+# 3. The top-k sweep and AbsTopK alone, every method (which one is fastest on this GPU).
+d1024; part "sparsify d1024" 45 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
+    --out "$PARTS/sparsify_d1024.json"
+d1024; part "abstopk d1024" 45 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
+    --out "$PARTS/abstopk_d1024.json"
 
 # 4. Compiled d1024 (MFU target; whether the whole recipe compiles). Compilation is most of its time.
 if [ "$COMPILE" = 1 ]; then
-    part "train_step d1024 compiled" 200 $PYTHON bench/train_step.py --device "$DEVICE" "${SHAPE_D1024[@]}" \
+    d1024; part "train_step d1024 compiled" 180 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
         "${TS[@]}" --compile --variants dense,plain,nosink,sparse --out "$PARTS/train_step_d1024_compiled.json"
     # apart, so that a recipe that does not compile costs only its own row
-    part "train_step d1024 compiled recipe" 150 $PYTHON bench/train_step.py --device "$DEVICE" "${SHAPE_D1024[@]}" \
+    d1024; part "train_step d1024 compiled recipe" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
         "${TS[@]}" --compile --variants dense,recipe --out "$PARTS/train_step_d1024_compiled_recipe.json"
 else
     echo "=== train_step d1024 compiled: NOT RUN (COMPILE=$COMPILE)"
 fi
 
-# 5. One table of the targets; gpu.json holds it and every part's numbers.
+# 5. What is left: the alternative methods in whole steps, the d512 microbenchmarks.
+for p in d512 d1024; do
+    $p; part "train_step $p eager, alternative methods" 60 $PYTHON bench/train_step.py --device "$DEVICE" \
+        "${SH[@]}" "${TS[@]}" --variants dense,sparse,recipe --topk-method bisect --abstopk-method topk \
+        --out "$PARTS/train_step_${p}_alt.json"
+done
+d512; part "sparsify d512" 30 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
+    --out "$PARTS/sparsify_d512.json"
+d512; part "abstopk d512" 30 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
+    --out "$PARTS/abstopk_d512.json"
+
+# 6. One table of the targets; gpu.json holds it and every part's numbers.
 echo "=== targets ($(( $(date +%s) - START ))s in)"
 $PYTHON bench/gpu_report.py "$PARTS" "$RESULTS_DIR/gpu.json"
 echo "one circuit on an 8-layer d1024 model: not run by this script (needs a trained checkpoint and a corpus)"
