@@ -16,11 +16,11 @@ from pathlib import Path
 from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.config import resolve_device
 from sparse_gpt.loading import load_any
-from sparse_gpt.circuit import CircuitError
+from sparse_gpt.circuit import CircuitError, Metrics
 from sparse_gpt.nodes import ABLATIONS
 from sparse_gpt.pipeline import CircuitPipeline, geometric_mean
-from sparse_gpt.prune import PruneConfig, TargetUnreachableError
-from sparse_gpt.tasks import list_tasks
+from sparse_gpt.prune import PruneConfig, Score, TargetUnreachableError
+from sparse_gpt.tasks import get_task, list_tasks
 from sparse_gpt.tasks.base import TaskError
 
 
@@ -57,40 +57,60 @@ def fmt(x, spec=".3f"):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def print_table(rows: list[dict]) -> None:
-    head = ["task", "full loss", "full acc", "circuit loss (raw/cal)", "nodes", "edges", "necessity", "random",
-            "natural acc (full/circ)", "passed"]
-    lines = [head]
-    for r in rows:
-        m = r["metrics"]
-        if "skipped" in m:
-            full = m["skipped"]
-            lines.append([r["task"], fmt(full["loss"]), fmt(full["accuracy"], ".2f"), "-", "-", "-", "-", "-", "-",
-                          "full model above target"])
-            continue
-        nat = (f"{m['full_natural']['accuracy']:.2f}/{m['circuit_natural']['accuracy']:.2f}"
-               if "full_natural" in m else "-")
-        lines.append([r["task"], fmt(m["full_templated"]["loss"]), fmt(m["full_templated"]["accuracy"], ".2f"),
-                      f"{fmt(m['circuit_uncalibrated_templated']['loss'])}/{fmt(m['circuit_templated']['loss'])}",
-                      str(m["nodes"]), str(m["edges"]),
-                      fmt(m["necessity"]["loss"]), fmt(m["random"]["mean"]), nat,
-                      "yes" if m["passed"] else "NO"])
-    widths = [max(len(str(l[i])) for l in lines) for i in range(len(head))]
+HEAD = ["task", "full loss", "full acc", "circuit loss (raw/cal)", "nodes", "edges", "necessity", "random",
+        "natural acc (full/circ)", "passed"]
+
+
+def table_row(task: str, result: Metrics | Score) -> list[str]:
+    """One line of the table: a validated circuit's metrics, or the full model's score on a task
+    whose target it cannot reach."""
+    if isinstance(result, Score):
+        return [task, fmt(result.loss), fmt(result.accuracy, ".2f"), "-", "-", "-", "-", "-", "-",
+                "full model above target"]
+    m = result
+    full, circuit = m.full["templated"], m.circuit["templated"]
+    nat = f"{m.full['natural'].accuracy:.2f}/{m.circuit['natural'].accuracy:.2f}" if "natural" in m.full else "-"
+    return [task, fmt(full.loss), fmt(full.accuracy, ".2f"), f"{fmt(m.circuit_uncalibrated.loss)}/{fmt(circuit.loss)}",
+            str(m.nodes), str(m.edges), fmt(m.necessity.loss), fmt(m.random.mean), nat, "yes" if m.passed else "NO"]
+
+
+def print_table(rows: list[tuple[str, Metrics | Score]]) -> None:
+    lines = [HEAD] + [table_row(task, result) for task, result in rows]
+    widths = [max(len(str(l[i])) for l in lines) for i in range(len(HEAD))]
     for j, l in enumerate(lines):
         print("  ".join(str(c).rjust(w) if i else str(c).ljust(w) for i, (c, w) in enumerate(zip(l, widths))))
         if j == 0:
             print("  ".join("-" * w for w in widths))
 
 
+def prune_config(args) -> PruneConfig:
+    return PruneConfig(target_loss=args.target_loss, ablation=args.ablation, mask=args.mask,
+                       target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
+                       natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
+                       search_runs=args.search_runs, seed=args.seed)
+
+
+def print_summary(rows: list[tuple[str, Metrics | Score]], failed: list[str]) -> list[Metrics]:
+    """The table, the geometric mean of edges, the control; returns the validated circuits' metrics."""
+    if rows:
+        print_table(rows)
+    done = [m for _, m in rows if isinstance(m, Metrics)]
+    if len(done) > 1:
+        print(f"geometric mean of edges over {len(done)} circuits: {geometric_mean([m.edges for m in done]):.1f}")
+    if done and done[0].control is not None:
+        c = done[0].control
+        print(f"control ({c.task}): {c.nodes} nodes, loss {c.loss:.3f} "
+              f"(full model {c.full_loss:.3f}){'' if c.reached_target else ', target not reached'}")
+    if failed:
+        print(f"unusable tasks: {', '.join(failed)}")
+    return done
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     names = [n for n in list_tasks() if n != "nonsense_quote"] if args.task == "all" else [args.task]
-    cfg = PruneConfig(target_loss=args.target_loss, ablation=args.ablation, mask=args.mask,
-                      target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
-                      natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
-                      search_runs=args.search_runs, seed=args.seed)
     try:
-        from sparse_gpt.tasks import get_task
+        cfg = prune_config(args).validate()
         for n in names:
             get_task(n)  # unknown names fail before any work
         device = resolve_device(args.device)
@@ -102,35 +122,25 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    rows, failed = [], []
+    rows: list[tuple[str, Metrics | Score]] = []
+    failed = []
     for name in names:
         try:
             circuit = pipeline.extract(name, out / name, progress=not args.no_progress,
                                        with_control=not args.no_control, viewer=not args.no_html)
         except TargetUnreachableError as e:
             print(f"{name}: skipped: {e}", file=sys.stderr)
-            rows.append({"task": name, "metrics": {"skipped": e.full}})
+            rows.append((name, e.full))
             continue
         except TaskError as e:
             print(f"{name}: skipped: {e}", file=sys.stderr)
             failed.append(name)
             continue
-        rows.append({"task": name, "metrics": circuit.metrics})
         m = circuit.metrics
-        print(f"{name}: {m['nodes']} nodes, {m['edges']} edges, circuit loss {m['circuit_templated']['loss']:.3f} "
-              f"({m['seconds']:.0f} s) -> {out / name / 'circuit.json'}", file=sys.stderr)
-    if rows:
-        print_table(rows)
-    done = [r["metrics"] for r in rows if "skipped" not in r["metrics"]]
-    if len(done) > 1:
-        print(f"geometric mean of edges over {len(done)} circuits: {geometric_mean([m['edges'] for m in done]):.1f}")
-    if done and "control" in done[0]:
-        c = done[0]["control"]
-        print(f"control ({c['task']}): {c['nodes']} nodes, loss {c['loss']:.3f} "
-              f"(full model {c['full_loss']:.3f}){'' if c['reached_target'] else ', target not reached'}")
-    if failed:
-        print(f"unusable tasks: {', '.join(failed)}")
-    return 0 if done else 1
+        rows.append((name, m))
+        print(f"{name}: {m.nodes} nodes, {m.edges} edges, circuit loss {m.circuit['templated'].loss:.3f} "
+              f"({m.seconds:.0f} s) -> {out / name / 'circuit.json'}", file=sys.stderr)
+    return 0 if print_summary(rows, failed) else 1
 
 
 if __name__ == "__main__":

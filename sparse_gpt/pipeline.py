@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
-from .circuit import Circuit, Provenance, evaluate_circuit, load_circuit, node_details
+from .circuit import Circuit, Control, Provenance, evaluate_circuit, load_circuit, node_details
 from .data import validation_texts
 from .explain import NodeContexts, node_contexts
 from .loading import LoadedModel, load_any
@@ -55,7 +55,7 @@ class CircuitPipeline:
         self.means = load_or_compute_means(loaded.model, self.layout, loaded.tokenizer, loaded.path,
                                            loaded.fingerprint, loaded.data, log=log).to(device)
         self.natural_texts = validation_texts(loaded.data, max_bytes=3_000_000)
-        self._control: dict | None = None
+        self._control: Control | None = None
         self._contexts: NodeContexts | None = None
 
     def contexts(self) -> NodeContexts:
@@ -68,14 +68,14 @@ class CircuitPipeline:
         return Pruner(self.loaded.model, self.layout, self.means, get_task(task_name), self.loaded.tokenizer,
                       self.cfg, natural_texts=self.natural_texts, device=self.device, require_full=require_full)
 
-    def control(self, progress: bool = True) -> dict:
+    def control(self, progress: bool = True) -> Control:
         """Size of the circuit the pruner builds for a nonsense task (computed once per model)."""
         if self._control is None:
             pruner = self.pruner(CONTROL_TASK, require_full=False)
             best, _ = pruner.search(progress=progress)
-            self._control = {"task": CONTROL_TASK, "nodes": best.n_nodes, "loss": best.loss,
-                             "calibrated_loss": best.calibration.loss, "full_loss": pruner.full_loss,
-                             "reached_target": best.loss <= self.cfg.target_loss}
+            self._control = Control(task=CONTROL_TASK, nodes=best.n_nodes, loss=best.loss,
+                                    calibrated_loss=best.calibration.loss, full_loss=pruner.full_loss,
+                                    reached_target=best.loss <= self.cfg.target_loss)
         return self._control
 
     def _circuit(self, task_name: str, best: PruneRun) -> Circuit:
@@ -100,11 +100,11 @@ class CircuitPipeline:
         circuit = self._circuit(task_name, best)
         metrics = evaluate_circuit(self.loaded.model, circuit, get_task(task_name), self.loaded.tokenizer,
                                    self.means, natural_texts=self.natural_texts)
-        metrics["search"] = [r.summary() for r in runs]
-        metrics["total_nodes"] = self.layout.n_nodes
+        metrics.search = [r.summary() for r in runs]
+        metrics.total_nodes = self.layout.n_nodes
         if with_control:
-            metrics["control"] = self.control(progress)
-        metrics["seconds"] = round(time.perf_counter() - t0, 1)
+            metrics.control = self.control(progress)
+        metrics.seconds = round(time.perf_counter() - t0, 1)
         circuit.metrics = metrics
         out_dir = Path(out_dir)
         circuit.save(out_dir / "circuit.json")

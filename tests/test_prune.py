@@ -7,7 +7,7 @@ import torch
 
 from planted import (PLANTED_NODES, SETTINGS, PlantedQuoteTask, circuit_of, planted_model, planted_tokenizer,
                      prune_planted, pretraining_windows)
-from sparse_gpt.circuit import Circuit, CircuitError, evaluate_circuit, load_circuit
+from sparse_gpt.circuit import Circuit, CircuitError, Control, evaluate_circuit, load_circuit
 from sparse_gpt.circuit.artefact import checksum
 from sparse_gpt.nodes import NodeLayout, ablation_values, circuit_edges, compute_node_means
 from sparse_gpt.prune.masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
@@ -51,10 +51,10 @@ def test_planted_circuit_edges_are_its_weights(planted):
 def test_validation_passes_on_the_planted_circuit(planted):
     model, tok, task, layout, means, pruner, run = planted
     m = evaluate_circuit(model, circuit_of(model, layout, run), task, tok, means, n_pairs=64)
-    assert m["checks"]["sufficient"] and m["checks"]["necessary"] and m["checks"]["beats_random"]
-    assert m["passed"]
-    assert m["necessity"]["loss"] > 0.6 and m["random"]["min"] > 0.3 and len(m["random"]["losses"]) == 10
-    assert m["circuit_heldout"]["accuracy"] == 1.0
+    assert m.checks["sufficient"] and m.checks["necessary"] and m.checks["beats_random"]
+    assert m.passed
+    assert m.necessity.loss > 0.6 and m.random.min > 0.3 and len(m.random.losses) == 10
+    assert m.circuit["heldout"].accuracy == 1.0
 
 
 def test_validation_fails_on_a_broken_model(planted):
@@ -66,9 +66,9 @@ def test_validation_fails_on_a_broken_model(planted):
     means = compute_node_means(model, layout, pretraining_windows())
     circuit = circuit_of(model, layout, run)
     m = evaluate_circuit(model, circuit, task, tok, means, n_pairs=64)
-    assert m["checks"]["sufficient"]
-    assert not m["checks"]["necessary"] and not m["passed"]
-    assert m["necessity"]["accuracy"] == 1.0
+    assert m.checks["sufficient"]
+    assert not m.checks["necessary"] and not m.passed
+    assert m.necessity.accuracy == 1.0
 
 
 def test_target_the_full_model_cannot_reach_is_refused():
@@ -119,7 +119,9 @@ def test_calibration_never_raises_the_loss():
 def test_artefact_round_trips_and_refuses_tampering(planted, tmp_path):
     model, tok, task, layout, means, pruner, run = planted
     circuit = circuit_of(model, layout, run, fingerprint="abc123")
-    circuit.metrics = {"passed": True, "random": {"losses": [0.5, 0.7]}}
+    assert Circuit.from_dict(circuit.to_dict()) == circuit  # no metrics yet: written as {}, read as None
+    circuit.metrics = evaluate_circuit(model, circuit, task, tok, means, n_pairs=16, n_random=2)
+    circuit.metrics.control = Control("nonsense", 40, 0.5, 0.4, 0.6, False)
     path = circuit.save(tmp_path / "circuit.json")
     loaded = load_circuit(path, fingerprint="abc123")
     assert loaded == circuit  # every typed field comes back equal
@@ -135,6 +137,8 @@ def test_artefact_round_trips_and_refuses_tampering(planted, tmp_path):
     with pytest.raises(CircuitError, match="checksum mismatch"):
         load_circuit(path)
     data = loaded.to_dict()
+    assert list(data["metrics"])[:5] == ["target_loss", "nodes", "edges", "full_templated", "circuit_templated"]
+    assert data["metrics"]["control"]["nodes"] == 40  # on disk the metrics stay one flat object
     data["provenance"]["pruner"]["surprise"] = 1
     data["checksum"] = checksum(data)  # a consistent file, but with a setting this version does not know
     with pytest.raises(CircuitError, match="unknown pruner setting"):

@@ -2,7 +2,8 @@
 numbers the viewer shows. Everything after pruning reads a `Circuit`."""
 from .artefact import SCHEMA, Circuit, CircuitError, Provenance, load_circuit
 from .details import NodeDetails, node_details
+from .metrics import Control, Metrics, RandomBaseline
 from .validate import evaluate_circuit
 
-__all__ = ["SCHEMA", "Circuit", "CircuitError", "NodeDetails", "Provenance", "evaluate_circuit", "load_circuit",
-           "node_details"]
+__all__ = ["SCHEMA", "Circuit", "CircuitError", "Control", "Metrics", "NodeDetails", "Provenance", "RandomBaseline",
+           "evaluate_circuit", "load_circuit", "node_details"]

@@ -29,6 +29,7 @@ from ..fileio import atomic_write_text
 from ..nodes import CircuitEdge, CircuitNode, NodeLayout, ablation_values
 from ..prune.objective import Calibration
 from ..prune.pruner import PruneConfig
+from .metrics import Metrics, MetricsError
 
 SCHEMA = "sparse_gpt.circuit/1"
 _SECTIONS = {"schema": str, "provenance": dict, "model": dict, "nodes": list, "edges": list,
@@ -97,7 +98,7 @@ class Circuit:
     edges: list[CircuitEdge]
     calibration: Calibration
     bisection: list[tuple[int, float]] = field(default_factory=list)  # (kept nodes, held-out loss)
-    metrics: dict[str, Any] = field(default_factory=dict)   # circuit.validate.evaluate_circuit's output
+    metrics: Metrics | None = None   # circuit.validate.evaluate_circuit's, None before validation
 
     # -- reading --
 
@@ -128,7 +129,7 @@ class Circuit:
         body = {"schema": SCHEMA, "provenance": self.provenance.to_dict(), "model": self.model,
                 "nodes": [n.to_dict() for n in self.nodes], "edges": [e.to_dict() for e in self.edges],
                 "calibration": self.calibration.to_dict(), "bisection": [list(p) for p in self.bisection],
-                "metrics": self.metrics}
+                "metrics": self.metrics.to_dict() if self.metrics is not None else {}}
         return body | {"checksum": checksum(body)}
 
     @classmethod
@@ -148,7 +149,7 @@ class Circuit:
         return cls(provenance=Provenance.from_dict(d["provenance"], where), model=d["model"],
                    nodes=_nodes(d["nodes"], where), edges=_edges(d["edges"], d["nodes"], where),
                    calibration=_calibration(d["calibration"], where),
-                   bisection=[(int(k), float(v)) for k, v in d["bisection"]], metrics=d["metrics"])
+                   bisection=[(int(k), float(v)) for k, v in d["bisection"]], metrics=_metrics(d["metrics"], where))
 
     def save(self, path: str | Path) -> Path:
         """Write circuit.json atomically (temp file + fsync + rename), with a fresh checksum."""
@@ -209,6 +210,13 @@ def _calibration(d: dict, where: str) -> Calibration:
     if not {"scale", "bias"} <= set(d) <= {"scale", "bias", "loss"}:
         raise CircuitError(f"{where}: malformed calibration {d!r}")
     return Calibration(**d)
+
+
+def _metrics(d: dict, where: str) -> Metrics | None:
+    try:
+        return Metrics.from_dict(d) if d else None
+    except MetricsError as e:
+        raise CircuitError(f"{where}: {e}") from None
 
 
 def load_circuit(path: str | Path, fingerprint: str | None = None) -> Circuit:

@@ -13,9 +13,10 @@ import torch
 
 from ..nodes import NodeLayout
 from ..prune.masks import gated, record_norm_scales
-from ..prune.objective import Evaluator
+from ..prune.objective import Evaluator, Score
 from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs
 from .artefact import Circuit
+from .metrics import Metrics, RandomBaseline
 
 # Ablating a necessary circuit should push the task loss at least half way to chance (ln 2).
 NECESSITY_LOSS = math.log(2) / 2
@@ -59,49 +60,51 @@ def _batches(task: BinaryTask, tokenizer, block: int, n_pairs: int, seed: int,
     return batches
 
 
-def _checks(m: dict, target: float) -> dict:
+def _checks(full: dict[str, Score], circuit: dict[str, Score], uncalibrated: Score, necessity: Score,
+            random: RandomBaseline, target: float) -> dict[str, bool]:
     checks = {
-        "sufficient": m["circuit_templated"]["loss"] <= target,
-        "necessary": m["necessity"]["loss"] >= NECESSITY_LOSS,
-        "beats_random": m["circuit_uncalibrated_templated"]["loss"] < m["random"]["min"],
-        "generalises_heldout": m["circuit_heldout"]["loss"] <= max(target, 2 * m["full_heldout"]["loss"]),
+        "sufficient": circuit["templated"].loss <= target,
+        "necessary": necessity.loss >= NECESSITY_LOSS,
+        "beats_random": uncalibrated.loss < random.min,
+        "generalises_heldout": circuit["heldout"].loss <= max(target, 2 * full["heldout"].loss),
     }
-    if "circuit_natural" in m:
+    if "natural" in circuit:
         # a circuit at chance on real code where the full model is not has found a template shortcut
-        checks["generalises_natural"] = (
-            m["circuit_natural"]["accuracy"] >= 0.5 + 0.5 * (m["full_natural"]["accuracy"] - 0.5))
+        checks["generalises_natural"] = circuit["natural"].accuracy >= 0.5 + 0.5 * (full["natural"].accuracy - 0.5)
     return checks
+
+
+def _random_baseline(ev: Evaluator, batch: TaskBatch, keep: torch.Tensor, layout: NodeLayout, n: int,
+                     seed: int) -> RandomBaseline:
+    gen = torch.Generator().manual_seed(seed)
+    losses = [ev.loss(batch, random_keep_like(keep.cpu(), layout, gen).float().to(keep.device)) for _ in range(n)]
+    return RandomBaseline(n=n, losses=losses, mean=sum(losses) / max(1, n), min=min(losses, default=math.nan))
 
 
 def evaluate_circuit(model, circuit: Circuit, task: BinaryTask, tokenizer, means: torch.Tensor,
                      n_pairs: int = 256, n_random: int = 10, seed: int = 10_007,
-                     natural_texts: list[str] | None = None) -> dict:
+                     natural_texts: list[str] | None = None) -> Metrics:
     """All validation metrics of `circuit` on `task` (`means`: the nodes' means over pretraining
     text); stored in circuit.json's metrics."""
     device = next(model.parameters()).device
     layout = NodeLayout(model.config)
     settings = circuit.settings
-    target = settings.target_loss
     ablate_to = circuit.ablation_values(means.to(device))
     ev = Evaluator(model, layout, ablate_to, settings.freeze_norms)
     keep = circuit.keep_mask(layout).to(device)
     gates = keep.float()
     batches = {k: b.to(device) for k, b in
                _batches(task, tokenizer, model.config.block_size, n_pairs, seed, natural_texts).items()}
-
-    m: dict = {"target_loss": target, "nodes": int(keep.sum()), "edges": len(circuit.edges)}
+    full, within = {}, {}
     for split, b in batches.items():
-        m[f"full_{split}"] = ev.metrics(b, None)
-        m[f"circuit_{split}"] = ev.metrics(b, gates, circuit.calibration)
+        full[split] = ev.metrics(b, None)
+        within[split] = ev.metrics(b, gates, circuit.calibration)
     templ = batches["templated"]
-    m["circuit_uncalibrated_templated"] = ev.metrics(templ, gates)
-    m["necessity"] = ev.metrics(templ, 1.0 - gates)
-    gen = torch.Generator().manual_seed(seed)
-    random_losses = [ev.loss(templ, random_keep_like(keep.cpu(), layout, gen).float().to(device))
-                     for _ in range(n_random)]
-    m["random"] = {"n": n_random, "losses": random_losses, "mean": sum(random_losses) / max(1, n_random),
-                   "min": min(random_losses, default=math.nan)}
-    m["final_resid_rms_ratio"] = final_resid_rms_ratio(model, layout, templ, gates, ablate_to, settings.freeze_norms)
-    m["checks"] = _checks(m, target)
-    m["passed"] = m["checks"]["sufficient"] and m["checks"]["necessary"]
-    return m
+    uncalibrated, necessity = ev.metrics(templ, gates), ev.metrics(templ, 1.0 - gates)
+    random = _random_baseline(ev, templ, keep, layout, n_random, seed)
+    checks = _checks(full, within, uncalibrated, necessity, random, settings.target_loss)
+    return Metrics(target_loss=settings.target_loss, nodes=int(keep.sum()), edges=len(circuit.edges), full=full,
+                   circuit=within, circuit_uncalibrated=uncalibrated, necessity=necessity, random=random,
+                   final_resid_rms_ratio=final_resid_rms_ratio(model, layout, templ, gates, ablate_to,
+                                                               settings.freeze_norms),
+                   checks=checks, passed=checks["sufficient"] and checks["necessary"])

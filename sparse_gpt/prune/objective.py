@@ -31,6 +31,17 @@ class Calibration:
 IDENTITY = Calibration()
 
 
+@dataclass(frozen=True)
+class Score:
+    """Task loss and accuracy of a model (or circuit) on `n` prompts."""
+    loss: float
+    accuracy: float
+    n: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 def calibrate(z: torch.Tensor, y: torch.Tensor, steps: int = 16) -> Calibration:
     """Fit scale and bias of z by LBFGS; keeps (1, 0) if fitting does not lower the loss."""
     base = two_way_loss(z, y).item()
@@ -89,10 +100,9 @@ class Evaluator:
         return scored_logits(self.model, batch, self.chunk, forward)
 
     def loss(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: Calibration = IDENTITY) -> float:
-        return self.metrics(batch, gates, calibration)["loss"]
+        return self.metrics(batch, gates, calibration).loss
 
-    def metrics(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: Calibration = IDENTITY) -> dict:
+    def metrics(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: Calibration = IDENTITY) -> Score:
         z, y = oriented_logit_diff(self.logits(batch, gates), batch)
         cal = (calibration.scale, calibration.bias)
-        return {"loss": two_way_loss(z, y, *cal).item(), "accuracy": two_way_accuracy(z, y, *cal).item(),
-                "n": len(batch)}
+        return Score(two_way_loss(z, y, *cal).item(), two_way_accuracy(z, y, *cal).item(), len(batch))

@@ -19,15 +19,15 @@ from tqdm import tqdm
 from ..nodes import ABLATIONS, NodeLayout, ablation_values
 from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff, two_way_loss
 from .masks import HardConcreteMask, HeavisideMask
-from .objective import Calibration, Evaluator, calibrate, gated_answer_logits
+from .objective import Calibration, Evaluator, Score, calibrate, gated_answer_logits
 
 
 class TargetUnreachableError(ValueError):
     """The full model itself does not meet the target task loss."""
 
-    def __init__(self, message: str, full: dict):
+    def __init__(self, message: str, full: Score):
         super().__init__(message)
-        self.full = full  # the full model's {"loss", "accuracy", "n"} on the held-out pairs
+        self.full = full  # the full model's score on the held-out pairs
 
 
 @dataclass
@@ -124,7 +124,7 @@ class Pruner:
             self.natural = encode_examples(task, examples, tokenizer, block).to(device)
         self.eval = Evaluator(model, layout, self.ablate_to, cfg.freeze_norms)
         full = self.eval.metrics(self.heldout, None)
-        self.full_loss = full["loss"]
+        self.full_loss = full.loss
         # Controls (nonsense tasks) skip this check: the pruner may build a mechanism the model lacks.
         if require_full and self.full_loss > cfg.target_loss:
             raise TargetUnreachableError(

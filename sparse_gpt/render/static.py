@@ -18,9 +18,8 @@ from .layout import EDGE_COLOURS, KIND_COLOURS, Layout, circuit_layout
 def _title(circuit: Circuit) -> str:
     m = circuit.metrics
     losses = ""
-    if "full_templated" in m and "circuit_templated" in m:
-        losses = (f"; full loss {m['full_templated']['loss']:.3f}, circuit loss "
-                  f"{m.get('circuit_uncalibrated_templated', m['circuit_templated'])['loss']:.3f}")
+    if m is not None:
+        losses = f"; full loss {m.full['templated'].loss:.3f}, circuit loss {m.circuit_uncalibrated.loss:.3f}"
     return (f"{circuit.task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges{losses}\n"
             "residual channels as vertical lines; edges red = positive, blue = negative, width ~ |weight|")
 

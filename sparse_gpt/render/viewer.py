@@ -121,13 +121,11 @@ def _summary(circuit: Circuit, details: NodeDetails | None) -> str:
     m = circuit.metrics
     prov = circuit.provenance
     parts = [f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges"]
-    if "circuit_templated" in m:
-        parts.append(f"circuit loss {m['circuit_uncalibrated_templated']['loss']:.3f} raw / "
-                     f"{m['circuit_templated']['loss']:.3f} calibrated; full model {m['full_templated']['loss']:.3f}")
-    if "necessity" in m:
-        parts.append(f"circuit ablated: {m['necessity']['loss']:.3f}; random node sets: {m['random']['mean']:.3f}")
-    if "checks" in m:
-        parts.append("checks: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m["checks"].items()))
+    if m is not None:
+        parts.append(f"circuit loss {m.circuit_uncalibrated.loss:.3f} raw / {m.circuit['templated'].loss:.3f} "
+                     f"calibrated; full model {m.full['templated'].loss:.3f}")
+        parts.append(f"circuit ablated: {m.necessity.loss:.3f}; random node sets: {m.random.mean:.3f}")
+        parts.append("checks: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m.checks.items()))
     if details is None:
         parts.append("node details were not computed (no model given)")
     checkpoint, fingerprint = prov.checkpoint or "?", prov.checkpoint_fingerprint or "?"
