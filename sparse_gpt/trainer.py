@@ -35,7 +35,8 @@ from .flops import flops_per_token, peak_flops
 from .model import GPT
 from .sparsity import SparseAdam
 from .trainer_metrics import MetricsLog, read_metrics
-from .trainer_rundir import RunDirError, RunLock, check_out_dir, clear_run, describe_run
+from .trainer_rundir import (RunDirError, RunLock, check_not_in_use, check_out_dir, clear_run,
+                             describe_run)
 
 VAL_SEED = 1_000_003  # seeds the fixed validation batches, apart from every training step's seed
 
@@ -133,16 +134,18 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool
     dd = setup_distributed(device)
     try:
         with RunLock(out_dir) if dd.main else nullcontext():
-            _preflight(cfg, out_dir, resume, overwrite)  # again: the directory is ours only now
+            _preflight(cfg, out_dir, resume, overwrite, locked=True)  # again: it is ours only now
             return _train(cfg, out_dir, resume, overwrite, progress, device, dd)
     finally:
         if dd.world > 1:
             dist.destroy_process_group()
 
 
-def _preflight(cfg: Config, out_dir: Path, resume: bool, overwrite: bool) -> None:
+def _preflight(cfg: Config, out_dir: Path, resume: bool, overwrite: bool, locked: bool = False) -> None:
     """The checks on the run directory that need no data or model."""
     check_out_dir(out_dir)
+    if not locked:
+        check_not_in_use(out_dir)
     if resume and overwrite:
         raise RunDirError("--resume and --overwrite contradict each other; give one")
     if resume:

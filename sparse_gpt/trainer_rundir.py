@@ -68,6 +68,31 @@ def clear_run(out_dir: Path) -> None:
             path.unlink()
 
 
+def _in_use_error(out_dir: Path, holder: str) -> RunDirError:
+    return RunDirError(f"{out_dir} is in use by another training run (pid {holder}); "
+                       f"wait for it to finish or give another --out")
+
+
+def check_not_in_use(out_dir: Path) -> None:
+    """Refuse a run directory another process holds, without taking (or creating) the lock."""
+    path = out_dir / LOCK_FILE
+    if fcntl is None or not path.is_file():
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise _in_use_error(out_dir, _holder(fd)) from e
+        raise
+    finally:
+        os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+
+
 class RunLock:
     """An exclusive advisory lock on a run directory, held while the context is open.
 
@@ -90,11 +115,10 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
-            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+            holder = _holder(fd)
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RunDirError(f"{self.out_dir} is in use by another training run (pid {holder}); "
-                                  f"wait for it to finish or give another --out") from e
+                raise _in_use_error(self.out_dir, holder) from e
             raise
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

@@ -209,3 +209,56 @@ def test_unigram_loss_is_sane(stdlib_files, tmp_path):
     assert unigram_loss(same, same, 64) < 0.01
     with pytest.raises(DataError, match=">= vocab_size"):
         unigram_loss(uniform, uniform, 32)
+
+
+def test_same_size_garbage_tokens_are_detected_and_rebuilt(stdlib_files, tmp_path):
+    cfg = make_cfg(stdlib_files, tmp_path)
+    first = prepare_data(cfg, log=Log())
+    original = np.array(first.train)
+    path = first.dir / "train.bin"
+    garbage = np.random.default_rng(0).integers(0, 512, size=len(original), dtype=np.uint16)
+    path.write_bytes(garbage.tobytes())  # same size, ids in range: only the content hash can tell
+    log = Log()
+    again = prepare_data(cfg, log=log)
+    assert log.has("train.bin is not the file that was written (sha256 mismatch)")
+    assert np.array_equal(np.array(again.train), original)
+
+
+def test_out_of_range_ids_are_refused_even_with_a_matching_hash(stdlib_files, tmp_path):
+    import hashlib
+    import json
+    cfg = make_cfg(stdlib_files, tmp_path)
+    first = prepare_data(cfg, log=Log())
+    original = np.array(first.val)
+    bad = original.copy()
+    bad[3] = 60_000  # would index past the embedding: an IndexError deep in the model
+    (first.dir / "val.bin").write_bytes(bad.tobytes())
+    meta = json.loads((first.dir / "meta.json").read_text())
+    meta["val_bin_sha256"] = hashlib.sha256(bad.tobytes()).hexdigest()
+    (first.dir / "meta.json").write_text(json.dumps(meta))
+    log = Log()
+    again = prepare_data(cfg, log=log)
+    assert log.has("val.bin holds token id 60000, outside the vocabulary of 512")
+    assert np.array_equal(np.array(again.val), original)
+
+
+def test_a_killed_build_leaves_no_orphan_temp_files(stdlib_files, tmp_path):
+    cfg = make_cfg(stdlib_files, tmp_path)
+    d = prepare_data(cfg, log=Log()).dir
+    # What SIGKILL during a build leaves: a temp file mid-write and no meta.json.
+    (d / ".tmp-train.bin-0123456789ab").write_bytes(b"\0" * 1000)
+    (d / "meta.json").unlink()
+    prepare_data(cfg, log=Log())
+    assert not list(d.glob(".tmp-*"))
+
+
+def test_binary_documents_are_warned_about(stdlib_files, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(stdlib_files, src)
+    (src / "blob.py").write_bytes(bytes(range(256)) * 4)
+    log = Log()
+    prepare_data(make_cfg(src, tmp_path / "cache"), log=log)
+    assert log.has("warning: 1 of") and log.has("are not UTF-8 text (e.g. 'blob.py')")
+    log = Log()
+    prepare_data(make_cfg(stdlib_files, tmp_path / "cache"), log=log)
+    assert not log.has("UTF-8")

@@ -188,3 +188,111 @@ def test_importing_plots_leaves_the_matplotlib_backend_alone():
             "print(matplotlib.get_backend())")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "pdf", proc.stderr
+
+
+FAST = ["--set", "train.eval_interval=2", "--set", "train.log_interval=2"]
+
+
+def _wait_for(predicate, proc, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+def test_training_into_an_existing_run_is_refused_until_overwrite(tmp_path):
+    out = tmp_path / "run"
+    run_train("--out", out, "--steps", 4, "--set", "train.ckpt_interval=2", *FAST)
+    first = final_weights(out)
+    refused = run_train("--out", out, "--steps", 4, "--set", "train.seed=5", check=False)
+    assert refused.returncode == 2 and "already holds a run" in refused.stderr
+    assert all(torch.equal(first[k], v) for k, v in final_weights(out).items())
+    (out / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it alone
+    done = run_train("--out", out, "--steps", 4, "--set", "train.seed=5", "--set", "train.ckpt_interval=2",
+                     "--overwrite", *FAST)
+    assert "overwriting the run" in done.stdout
+    assert not all(torch.equal(first[k], v) for k, v in final_weights(out).items())
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["LATEST", "step_000002", "step_000004"]
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), "--no-progress", "--out", str(out),
+           "--steps", "100000", "--set", "train.ckpt_interval=1000"]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(lambda: (out / "metrics.jsonl").exists(), first), first.stderr
+        second = run_train("--out", out, "--steps", 4, check=False)
+        assert second.returncode == 2
+        assert second.stderr.strip() == (f"error: {out} is in use by another training run (pid {first.pid}); "
+                                         "wait for it to finish or give another --out")
+        resumed = run_train("--out", out, "--resume", "--steps", 100001, check=False)
+        assert resumed.returncode == 2 and f"pid {first.pid}" in resumed.stderr
+        assert first.poll() is None  # the first run was not disturbed
+    finally:
+        first.kill()
+        first.wait()
+
+
+def _interrupt_and_resume(tmp_path, sig):
+    out = tmp_path / f"run-{sig.name}"
+    steps = 40
+    cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), "--no-progress", "--out", str(out),
+           "--steps", str(steps), "--set", "train.ckpt_interval=1000", *FAST]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    assert _wait_for(lambda: metrics.exists() and len(metrics.read_text().splitlines()) >= 3, proc)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, stderr
+    line = stderr.strip().splitlines()[-1]
+    assert line.startswith(f"stopped by {sig.name} after step ") and "--resume" in line, stderr
+    step = int(re.search(r"after step (\d+)", line).group(1))
+    assert 3 <= step < steps and latest_checkpoint(out).name == f"step_{step:06d}"
+    assert f"python train.py --out {out} --resume" in line
+    python, *rest = line.split("continue with: ")[1].split()
+    resumed = subprocess.run([sys.executable, *rest], cwd=ROOT, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    return out
+
+
+def test_sigint_and_sigterm_stop_at_a_step_with_a_checkpoint_and_resume_exactly(tmp_path):
+    straight = tmp_path / "straight"
+    run_train("--out", straight, "--steps", 40, "--set", "train.ckpt_interval=1000", *FAST)
+    a = final_weights(straight)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        out = _interrupt_and_resume(tmp_path, sig)
+        b = final_weights(out)
+        assert all(torch.equal(a[k], b[k]) for k in a), sig
+        logged = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
+        assert logged == list(range(1, 41))
+
+
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+    out = tmp_path / "run"
+    run_train("--out", out, "--steps", 4, "--set", "train.ckpt_interval=2", *FAST)
+    (out / "checkpoints" / "LATEST").write_text("step_000002\n")  # as if killed after step 3
+    lines = (out / "metrics.jsonl").read_text().splitlines()[:3]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[2][:17])  # power cut mid-line
+    proc = run_train("--out", out, "--resume", "--steps", 6, "--set", "train.ckpt_interval=2", *FAST)
+    assert "dropped its last line, which was cut short" in proc.stderr
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
+
+
+def test_which_config_is_used_is_said(tmp_path):
+    out = tmp_path / "run"
+    run_train("--out", out, "--steps", 2, "--set", "train.ckpt_interval=2", *FAST)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing set here\n")
+    proc = subprocess.run([sys.executable, "train.py", "--config", str(empty), "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert f"config: {empty} is empty: every setting is the built-in default" in proc.stdout
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr  # and nothing was trained
+    proc = subprocess.run([sys.executable, "train.py", "--out", str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert "config: the built-in defaults (no config file given)" in proc.stdout and proc.returncode == 2
