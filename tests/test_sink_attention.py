@@ -58,6 +58,33 @@ def test_masked_reference_matches_naive_and_extreme_sinks():
         assert torch.allclose(sink_attention(q, k, v, torch.full_like(sink, -80.0)), plain, atol=1e-12)
 
 
+def test_a_failing_flash_backward_falls_back_to_the_masked_path(monkeypatch):
+    from sparse_gpt import sink_attention as sa
+
+    def broken(*args):
+        raise RuntimeError("no such op in this torch")
+    inputs = _inputs(2, 2, 11, 8, seed=7)
+    dout = torch.randn(2, 2, 11, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    _, ref_grads = _grads(naive_sink_attention, inputs, dout)
+    monkeypatch.setattr(sa, "_flash_backward", broken)
+    with pytest.warns(RuntimeWarning, match="flash backward unavailable"):
+        _, grads = _grads(sink_attention, inputs, dout)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-11)
+
+
+def test_a_failing_flash_forward_falls_back_to_the_masked_path(monkeypatch):
+    from sparse_gpt import sink_attention as sa
+
+    def broken(*args):
+        raise RuntimeError("no such op in this torch")
+    q, k, v, sink = _inputs(1, 2, 5, 8, seed=9)
+    monkeypatch.setattr(sa, "_flash_forward", broken)
+    with pytest.warns(RuntimeWarning, match="flash sink attention unavailable"):
+        out = sink_attention(q, k, v, sink)
+    assert torch.allclose(out, naive_sink_attention(q, k, v, sink), atol=1e-12)
+
+
 def test_flash_sink_attention_float32_close_to_float64():
     q, k, v, sink = _inputs(2, 4, 50, 16, seed=4)
     ref = naive_sink_attention(q, k, v, sink)
