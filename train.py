@@ -85,8 +85,8 @@ def run(cfg, out: Path, args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"interrupted before a checkpoint could be written; {out} holds whatever earlier "
-              "checkpoints it had", file=sys.stderr)
+        print(f"interrupted; nothing new was saved, and the checkpoints already in {out} are intact",
+              file=sys.stderr)
         return 128 + signal.SIGINT
     except OSError as e:
         # Full disk, read-only or vanished output: say where and what. Checkpoints and the token

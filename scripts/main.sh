@@ -4,6 +4,8 @@
 #   bash scripts/main.sh                      # everything, into runs/cpu-small
 #   bash scripts/main.sh --out runs/try --steps 100
 # Arguments go to train.py; PRUNE_ARGS (environment) adds flags to prune_circuit.py.
+# A second run into an --out that already holds a run is refused by train.py: add --resume to
+# continue a stopped run, or --overwrite to train it again from scratch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

@@ -277,12 +277,16 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         for depth, part in enumerate(path[:-1]):
             child = node.get(part)
             if child is not None and not isinstance(child, dict):
-                raise ConfigError(f"override {text!r}: {'.'.join(path[:depth + 1])} is a "
-                                  f"{type(child).__name__} value ({child!r}), not a section with keys")
+                raise ConfigError(f"override {text!r}: {'.'.join(path[:depth + 1])} is "
+                                  f"{_a(type(child).__name__)} value ({child!r}), not a section with keys")
             node[part] = dict(child or {})
             node = node[part]
         node[path[-1]] = value
     return raw
+
+
+def _a(noun: str) -> str:
+    return f"an {noun}" if noun[:1] in "aeiou" else f"a {noun}"
 
 
 def _first_line(error: Exception) -> str:
@@ -314,7 +318,7 @@ def parse_config_yaml(text: str, where: str) -> dict:
         return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: a config is a mapping of sections (model, data, sparsity, "
-                          f"train), but the file holds a {type(raw).__name__}")
+                          f"train), but the file holds {_a(type(raw).__name__)}")
     return raw
 
 

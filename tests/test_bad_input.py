@@ -171,7 +171,7 @@ CASES = [
      _write("bad.yaml", "model: [1, 2\n")),
     ("config is a list", ["--config", "TMP/bad.yaml", "--out", "NEW"], "holds a list",
      _write("bad.yaml", "- a\n- b\n")),
-    ("config is a scalar", ["--config", "TMP/bad.yaml", "--out", "NEW"], "holds a int",
+    ("config is a scalar", ["--config", "TMP/bad.yaml", "--out", "NEW"], "holds an int",
      _write("bad.yaml", "5\n")),
     ("config section not a mapping", ["--config", "TMP/bad.yaml", "--out", "NEW"],
      "train must be a mapping", _write("bad.yaml", "train: 5\n")),
@@ -182,7 +182,7 @@ CASES = [
     ("--set without =", [*CFG, "--set", "train.lr"], "must look like key.path=value", _no_setup),
     ("--set value not YAML", [*CFG, "--set", "train.lr=[1,"], "not valid YAML", _no_setup),
     ("--set empty key part", [*CFG, "--set", "train..lr=1"], "is not a key path", _no_setup),
-    ("--set section to a value", [*CFG, "--set", "train=5", "--steps", "2"], "train is a int value",
+    ("--set section to a value", [*CFG, "--set", "train=5", "--steps", "2"], "train is an int value",
      _no_setup),
     ("--set section to a value alone", [*CFG, "--set", "train=5"], "train must be a mapping", _no_setup),
     ("--set below a value", [*CFG, "--set", "train.lr.x=5"], "train.lr is a float value", _no_setup),
@@ -345,3 +345,17 @@ def test_a_read_only_output_directory_is_one_line(tmp_path: Path):
         out.chmod(0o700)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Permission denied" in proc.stderr
+
+
+def test_docs_list_every_case():
+    doc = (ROOT / "docs" / "reliability.md").read_text()
+    missing = [name for name, *_ in CASES if f"| {name.replace('|', chr(92) + '|')} |" not in doc]
+    assert not missing, f"docs/reliability.md lacks rows for {missing}"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_a_gpu_is_one_line(tmp_path: Path):
+    proc = run_cli(["--config", str(TINY), "--out", str(tmp_path / "run"), "--device", "cuda"])
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: device 'cuda' requested but torch sees no CUDA GPU (use --device cpu)"], proc.stderr
+    assert not (tmp_path / "run").exists()
