@@ -33,9 +33,9 @@ if triton is not None:
         x = tl.load(x_ptr + row * stride_row + offs, mask=inside, other=0.0)
         bits = tl.abs(x).to(INT, bitcast=True)
         bits = tl.where(inside, bits, -1)  # padding never counts
-        t = tl.zeros((), dtype=INT)
+        t = tl.max(bits, axis=0) * 0  # a scalar 0 of the bits' type (built from a reduction)
         for i in tl.static_range(NBITS):
-            cand = t | (tl.full((), 1, dtype=INT) << (NBITS - 1 - i))
+            cand = t | ((t * 0 + 1) << (NBITS - 1 - i))
             count = tl.sum((bits >= cand).to(tl.int32), axis=0)
             t = tl.where(count >= k, cand, t)
         above = bits > t
