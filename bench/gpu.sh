@@ -90,7 +90,11 @@ else
     echo "=== train_step d1024 compiled: NOT RUN (COMPILE=$COMPILE)"
 fi
 
-# 5. What is left: the alternative methods in whole steps, the d512 microbenchmarks.
+# 5. Where the sparse and recipe steps spend their time (torch.profiler, 3 steps each), d512.
+d512; part "profile d512" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" --repeats 2 --warmup 2 \
+    --variants dense,sparse,recipe --profile sparse,recipe --out "$PARTS/profile_d512.json"
+
+# 6. What is left: the alternative methods in whole steps, the d512 microbenchmarks.
 for p in d512 d1024; do
     $p; part "train_step $p eager, alternative methods" 60 $PYTHON bench/train_step.py --device "$DEVICE" \
         "${SH[@]}" "${TS[@]}" --variants dense,sparse,recipe --topk-method bisect --abstopk-method topk \
@@ -101,7 +105,7 @@ d512; part "sparsify d512" 30 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH
 d512; part "abstopk d512" 30 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
     --out "$PARTS/abstopk_d512.json"
 
-# 6. One table of the targets; gpu.json holds it and every part's numbers.
+# 7. One table of the targets; gpu.json holds it and every part's numbers.
 echo "=== targets ($(( $(date +%s) - START ))s in)"
 $PYTHON bench/gpu_report.py "$PARTS" "$RESULTS_DIR/gpu.json"
 echo "one circuit on an 8-layer d1024 model: not run by this script (needs a trained checkpoint and a corpus)"

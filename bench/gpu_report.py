@@ -72,6 +72,10 @@ def targets(parts: Path) -> list[dict]:
             None)
         add("recipe_ref / dense (before: torch.topk refs)", f"{preset} eager", _ratio(eager, "recipe_ref", "dense"),
             None)
+    for preset in ("d512", "d1024"):
+        for r in (_load(parts, f"train_step_{preset}") or {}).get("rows", []):
+            if r.get("opt_ms") is not None:
+                add(f"optimiser step ms, {r['variant']}", f"{preset} eager", r["opt_ms"], None, unit="")
     comp = _load(parts, "train_step_d1024_compiled")
     dense = _row(comp, "dense")
     add("compiled dense step MFU", "d1024 compiled", dense["mfu"] if dense else None, 0.35,

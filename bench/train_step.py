@@ -17,12 +17,14 @@ Variants (same shape, same random tokens):
   recipe_ref     the same with the torch.topk references for both top-k's
 Every variant is timed `--repeats` times, the variants interleaved (a b c a b c ...), and the
 table gives the medians and each median's ratio to dense. GPU: bf16 autocast, CUDA sync around
-each timed step, optional torch.compile. Writes bench/results/train_step_<device>[_<preset>].json.
+each timed step, optional torch.compile. `opt_ms` is the optimiser step alone (Adam, top-k, decay),
+timed from the loss read to the gradient RMS read that ends it; `--profile` prints where the time goes. Writes bench/results/train_step_<device>[_<preset>].json.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -66,6 +68,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU)")
     p.add_argument("--dtype", choices=["auto", "fp32", "bf16"], default="auto", help="auto: bf16 on cuda")
+    p.add_argument("--profile", help="comma-separated variants to profile (3 steps each, torch.profiler table)")
     p.add_argument("--out", help="JSON path (default bench/results/train_step_<device>[_<preset>].json)")
     return p.parse_args(argv)
 
@@ -113,6 +116,20 @@ def build(variant: str, shape: dict, afrac: float, device: str, compile_model: b
     return model, opt, (torch.compile(model) if compile_model else model)
 
 
+def profile(fns: dict, variants: list[str], device: str, steps: int = 3) -> None:
+    """Print where a step's time goes (top kernels/ops by device time, or CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    sort = "cuda_time_total" if device == "cuda" else "cpu_time_total"
+    for v in variants:
+        with torch_profile(activities=activities) as prof:
+            for _ in range(steps):
+                fns[v]()
+        print(f"--- profile: {v}, {steps} steps")
+        print(prof.key_averages().table(sort_by=sort, row_limit=18, max_name_column_width=60))
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -128,21 +145,25 @@ def main(argv=None) -> int:
     x, y = tokens[:, :-1], tokens[:, 1:]
     step_idx = 750  # after annealing (ends at 50%): every top-k runs at the target density
 
-    fns, models = {}, {}
+    fns, models, opt_seconds = {}, {}, {v: [] for v in variants}
     for v in variants:
         model, opt, run_model = build(v, shape, args.afrac, device, args.compile, args.topk_method,
                                       args.abstopk_method)
         models[v] = model
 
-        def step(model=model, opt=opt, run_model=run_model):
+        def step(model=model, opt=opt, run_model=run_model, opt_s=opt_seconds[v]):
             with autocast():
                 loss = cross_entropy(run_model(x), y)
             loss.backward()
-            loss.item()  # train.py reads the loss every step
-            opt.step(step_idx)
+            loss.item()  # train.py reads the loss every step: the device is idle from here
+            t0 = time.perf_counter()
+            opt.step(step_idx)  # ends by reading the gradient RMS: the optimiser's work is done
+            opt_s.append(time.perf_counter() - t0)
             opt.zero_grad()
         fns[v] = step
     times = interleaved(fns, device, repeats, warmup=args.warmup)
+    if args.profile:
+        profile(fns, [v for v in args.profile.split(",") if v in fns], device)
 
     flops_tok = flops_per_token(models[variants[0]].config)  # the same for every variant (d_head aside)
     peak = peak_flops(device)
@@ -153,10 +174,11 @@ def main(argv=None) -> int:
         tok_s = B * T / med
         rows.append({"variant": v, "step_ms": med * 1e3, "min_ms": min(times[v]) * 1e3, "tokens_per_s": tok_s,
                      "vs_dense": med / base if base else None,
+                     "opt_ms": median(opt_seconds[v][-repeats:]) * 1e3,
                      "mfu": flops_per_token(models[v].config) * tok_s / peak if peak else None,
                      "params": models[v].num_params()})
     print(f"{environment(device)['device_name']}, torch {torch.__version__}, shape {shape}, {repeats} repeats")
-    print_table(rows, ["variant", "step_ms", "min_ms", "tokens_per_s", "vs_dense", "mfu"])
+    print_table(rows, ["variant", "step_ms", "min_ms", "opt_ms", "tokens_per_s", "vs_dense", "mfu"])
     name = f"train_step_{'cuda' if device == 'cuda' else 'cpu'}" + (f"_{args.preset}" if args.preset else "")
     write_json(name, {"benchmark": "train_step", **environment(device), "shape": shape, "afrac": args.afrac,
                       "topk_method": args.topk_method, "abstopk_method": args.abstopk_method,
