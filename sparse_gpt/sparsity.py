@@ -138,7 +138,10 @@ def keep_topk_group_(ws: list[torch.Tensor], k: int, floor: int = 0, unit_dim: i
         method = "topk"
     keep = keep_mask(_scores(ws, floor, unit_dim, method), k, method)
     for w, m in zip(ws, keep):
-        w.masked_fill_(~m.view_as(w), 0.0)
+        if w.is_cuda:
+            w.mul_(m.view_as(w))  # one kernel per tensor
+        else:
+            w.masked_fill_(~m.view_as(w), 0.0)
 
 
 def keep_topk_(w: torch.Tensor, k: int, floor: int = 0, unit_dim: int | None = None, method: str = "auto") -> None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import torch
 
+from . import topk_triton
+
 METHODS = ("auto", "partition", "topk", "kthvalue", "bisect")
 _INT_VIEW = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
              torch.float64: torch.int64}
@@ -95,6 +97,8 @@ def keep_mask(score: torch.Tensor, k: int, method: str = "auto") -> torch.Tensor
     if k >= n:
         return torch.ones_like(score, dtype=torch.bool)
     thr = kth_largest(score, k, method).to(score.device)
+    if score.is_cuda and topk_triton.triton is not None and topk_triton.works(score.dtype, str(score.device)):
+        return topk_triton.threshold_keep(score, thr, k)  # two passes instead of a dozen
     if score.device.type == "cpu":
         keep = score >= thr
         if not bool((keep.sum(1) > k).any()):

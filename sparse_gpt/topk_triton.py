@@ -1,4 +1,7 @@
-"""AbsTopK as one Triton kernel on the GPU: a row is read once and written once.
+"""Triton kernels of the exact top-k rule on the GPU: AbsTopK in one kernel, and the tie filling
+of the weight top-k in two.
+
+AbsTopK: a row is read once and written once.
 
 Each program holds one row of the activation in registers, finds the k-th largest magnitude bit by
 bit (the bit patterns of non-negative floats order like integers: one in-register count per bit),
@@ -6,7 +9,12 @@ then keeps the entries above it and the first tied ones in index order: the same
 sparse_gpt.topk.keep_mask, with no sort, no index tensor and no round trip through memory. It
 writes the output and a one-byte keep mask for the backward.
 
-Used only where Triton imports and the row fits (`supported`); everything else takes the torch path.
+Weight top-k (`threshold_keep`): rows of millions of entries, the threshold already known (from
+torch.topk); one pass counts entries above and tied per block, one writes the mask, each block
+keeping as many tied entries as the blocks before it left room for.
+
+Used only where Triton imports (and, for AbsTopK, the row fits: `supported`); everything else
+takes the torch path.
 """
 from __future__ import annotations
 
@@ -46,6 +54,31 @@ if triton is not None:
         tl.store(keep_ptr + row * W + offs, keep.to(tl.uint8), mask=inside)
 
 
+    @triton.jit
+    def _block_counts_kernel(score_ptr, thr_ptr, above_ptr, tied_ptr, n, nb, BS: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        blk = tl.program_id(1)
+        offs = blk * BS + tl.arange(0, BS)
+        inside = offs < n
+        s = tl.load(score_ptr + row * n + offs, mask=inside, other=0.0)
+        t = tl.load(thr_ptr + row)
+        tl.store(above_ptr + row * nb + blk, tl.sum(((s > t) & inside).to(tl.int32), axis=0))
+        tl.store(tied_ptr + row * nb + blk, tl.sum(((s == t) & inside).to(tl.int32), axis=0))
+
+    @triton.jit
+    def _keep_kernel(score_ptr, thr_ptr, quota_ptr, keep_ptr, n, nb, BS: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        blk = tl.program_id(1)
+        offs = blk * BS + tl.arange(0, BS)
+        inside = offs < n
+        s = tl.load(score_ptr + row * n + offs, mask=inside, other=0.0)
+        t = tl.load(thr_ptr + row)
+        tied = (s == t) & inside
+        quota = tl.load(quota_ptr + row * nb + blk)
+        keep = (s > t) | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= quota))
+        tl.store(keep_ptr + row * n + offs, keep.to(tl.uint8), mask=inside)
+
+
 _BITS = {torch.bfloat16: (15, "int16"), torch.float16: (15, "int16"), torch.float32: (31, "int32")}
 
 
@@ -59,18 +92,40 @@ def supported(x: torch.Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def works(dtype: torch.dtype, device: str) -> bool:
-    """Whether the kernel builds and gives the rule's answer on this device (tried once per dtype):
-    a Triton that cannot build it makes callers fall back to the torch path with a warning."""
+    """Whether the kernels build and give the rule's answer on this device (tried once per dtype):
+    a Triton that cannot build them makes callers fall back to the torch path with a warning."""
     try:
         x = torch.tensor([[0.5, -2.0, 1.0, -1.0, 3.0, 1.0]], dtype=dtype, device=device)
         out, keep = abs_topk_rows(x, 3)
-        ok = keep.cpu().tolist() == [[False, True, True, False, True, False]]  # the first tied 1 only
+        expect = [[False, True, True, False, True, False]]  # the first tied 1 only
+        keep2 = threshold_keep(x.abs(), torch.tensor([[1.0]], device=device), 3)
+        ok = keep.cpu().tolist() == expect and keep2.cpu().tolist() == expect
         reason = "wrong answer"
     except Exception as err:  # a compiler error of any kind
         ok, reason = False, f"{type(err).__name__}: {err}"
     if not ok:
         warnings.warn(f"Triton AbsTopK unavailable ({reason}); using the torch path", RuntimeWarning)
     return ok
+
+
+def threshold_keep(score: torch.Tensor, thr: torch.Tensor, k: int) -> torch.Tensor:
+    """(R, n) bool: per row, the entries of score above thr (R, 1), then the first ones equal to it
+    in index order up to k in all (the rule of sparse_gpt.topk.fill_ties) in two passes: counts
+    per block of the row, then the mask, each block told how many of its tied entries it keeps."""
+    R, n = score.shape
+    score = score.contiguous()
+    bs = min(4096, triton.next_power_of_2(n))
+    nb = triton.cdiv(n, bs)
+    thr = thr.reshape(R).to(score.dtype).contiguous()
+    above = torch.empty((R, nb), dtype=torch.int32, device=score.device)
+    tied = torch.empty((R, nb), dtype=torch.int32, device=score.device)
+    warps = max(1, min(8, bs // 512))
+    _block_counts_kernel[(R, nb)](score, thr, above, tied, n, nb, BS=bs, num_warps=warps)
+    need = k - above.sum(1, keepdim=True)
+    quota = (need - (tied.cumsum(1) - tied)).clamp_(min=0).to(torch.int32)  # tied places left per block
+    keep = torch.empty((R, n), dtype=torch.uint8, device=score.device)
+    _keep_kernel[(R, nb)](score, thr, quota, keep, n, nb, BS=bs, num_warps=warps)
+    return keep.view(torch.bool)
 
 
 def _interpreting() -> bool:
