@@ -49,7 +49,7 @@ def compare_paths(pruner, best, device: str, repeats: int) -> dict:
     from sparse_gpt.prune.objective import answer_logits as scored_logits
     from sparse_gpt.tasks.base import oriented_logit_diff, two_way_loss
 
-    model, layout, means = pruner.model, pruner.layout, pruner.means
+    model, layout, means = pruner.model, pruner.layout, pruner.ablate_to
     gen = torch.Generator().manual_seed(0)
     batch = pruner._sample(gen)
     tau = torch.nn.Parameter(best.scores.clone().to(device))
@@ -124,9 +124,9 @@ def main(argv=None) -> int:
     paths = compare_paths(pruner, best, device, args.compare_paths) if args.compare_paths else None
     rows = []
     for i, r in enumerate(runs):
-        rows.append({"run": i + 1, "k_coef": r.settings["k_coef"], "lr": r.settings["lr"], "nodes": r.n_nodes,
+        rows.append({"run": i + 1, "k_coef": r.settings.k_coef, "lr": r.settings.lr, "nodes": r.n_nodes,
                      "bisection_evals": len(r.curve), "mask_s": r.seconds, "loss": r.loss,
-                     "calibrated": r.calibration["loss"]})
+                     "calibrated": r.calibration.loss})
     mask_s = sum(r.seconds for r in runs)
     env = environment(device)
     print(f"{env['device_name']}, torch {torch.__version__}, {args.checkpoint}, task {args.task}, "
@@ -141,7 +141,7 @@ def main(argv=None) -> int:
         "n_params": loaded.model.num_params(), "model": vars(loaded.model.config),
         "circuit_s": search_s, "mask_training_s": mask_s, "discretise_s": search_s - mask_s,
         "pruner_setup_s": build_s, "best": {"nodes": best.n_nodes, "edges": len(edges), "loss": best.loss,
-                                            "calibrated_loss": best.calibration["loss"]},
+                                            "calibrated_loss": best.calibration.loss},
         "runs": rows, "paths": paths}, args.out)
     return 0
 
