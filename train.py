@@ -14,8 +14,8 @@ import signal
 import sys
 from pathlib import Path
 
-# Only the config is imported up front: a mistyped option or config value is reported in a fraction
-# of a second, before torch is loaded.
+# Only the config (and below, the run directory checks) are imported up front: a mistyped option,
+# config value or --out is reported in a fraction of a second, before torch is loaded.
 from sparse_gpt.config import ConfigError, load_config
 
 
@@ -58,9 +58,13 @@ def main(argv=None) -> int:
         overrides.append(f"train.steps={args.steps}")
     if args.device is not None:
         overrides.append(f"train.device={args.device}")
+    from sparse_gpt.checkpoint_layout import CheckpointError
+    from sparse_gpt.trainer_rundir import RunDirError, preflight
+
     try:
         cfg = load_config(config_path, overrides, log=print)
-    except ConfigError as e:
+        preflight(out, cfg.train.steps, args.resume, args.overwrite)
+    except (ConfigError, RunDirError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return run(cfg, out, args)

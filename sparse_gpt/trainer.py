@@ -35,8 +35,7 @@ from .flops import flops_per_token, peak_flops
 from .model import GPT
 from .sparsity import SparseAdam
 from .trainer_metrics import MetricsLog, read_metrics
-from .trainer_rundir import (RunDirError, RunLock, check_not_in_use, check_out_dir, clear_run,
-                             describe_run)
+from .trainer_rundir import RunLock, clear_run, describe_run, preflight
 
 VAL_SEED = 1_000_003  # seeds the fixed validation batches, apart from every training step's seed
 
@@ -129,40 +128,16 @@ def train(cfg: Config, out_dir: str | Path, resume: bool = False, progress: bool
     ``out_dir/config.yaml``.
     """
     out_dir = Path(out_dir)
-    _preflight(cfg, out_dir, resume, overwrite)  # refuse before touching anything
+    preflight(out_dir, cfg.train.steps, resume, overwrite)  # refuse before touching anything
     device = resolve_device(cfg.train.device)
     dd = setup_distributed(device)
     try:
         with RunLock(out_dir) if dd.main else nullcontext():
-            _preflight(cfg, out_dir, resume, overwrite, locked=True)  # again: it is ours only now
+            preflight(out_dir, cfg.train.steps, resume, overwrite, locked=True)  # now it is ours
             return _train(cfg, out_dir, resume, overwrite, progress, device, dd)
     finally:
         if dd.world > 1:
             dist.destroy_process_group()
-
-
-def _preflight(cfg: Config, out_dir: Path, resume: bool, overwrite: bool, locked: bool = False) -> None:
-    """The checks on the run directory that need no data or model."""
-    check_out_dir(out_dir)
-    if not locked:
-        check_not_in_use(out_dir)
-    if resume and overwrite:
-        raise RunDirError("--resume and --overwrite contradict each other; give one")
-    if resume:
-        latest = ckpt.latest_checkpoint(out_dir)
-        if latest is None:
-            raise TrainingError(f"--resume: no checkpoint under {out_dir}/checkpoints to resume from")
-        step = ckpt.verify_checkpoint(latest)["step"]
-        if step >= cfg.train.steps:
-            already = "already finished: its" if step == cfg.train.steps else "has gone past that:"
-            raise TrainingError(f"--resume: the run in {out_dir} {already} latest checkpoint "
-                                f"{latest.name} is at step {step} and --steps (train.steps) is "
-                                f"{cfg.train.steps}; give a larger --steps to train further")
-    elif not overwrite:
-        existing = describe_run(out_dir)
-        if existing is not None:
-            raise RunDirError(f"{out_dir} already holds a run ({existing}); pass --resume to "
-                              f"continue it or --overwrite to replace it")
 
 
 def _load_resume(cfg: Config, out_dir: Path) -> tuple[Config, ckpt.Checkpoint]:

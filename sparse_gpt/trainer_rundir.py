@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Optional
 
-from .checkpoint_layout import CHECKPOINTS_DIR, CheckpointError, latest_checkpoint
+from .checkpoint_layout import CHECKPOINTS_DIR, STEP_DIR_RE, CheckpointError, latest_checkpoint
 from .fileio import TMP_PREFIX
 
 try:
@@ -39,6 +39,33 @@ def check_out_dir(out_dir: Path) -> None:
             raise RunDirError(f"{what} is a file, not a directory; give a directory for the run")
         if parent.exists():
             return
+
+
+def preflight(out_dir: Path, steps: int, resume: bool, overwrite: bool, locked: bool = False) -> None:
+    """Refuse what the run directory cannot take, before anything is read or written: a path that
+    is no directory, a directory another run holds (unless `locked`: the caller holds it), a run
+    that would be trained into without --resume or --overwrite, a --resume with nothing left to do.
+    """
+    check_out_dir(out_dir)
+    if not locked:
+        check_not_in_use(out_dir)
+    if resume and overwrite:
+        raise RunDirError("--resume and --overwrite contradict each other; give one")
+    if resume:
+        latest = latest_checkpoint(out_dir)
+        if latest is None:
+            raise RunDirError(f"--resume: no checkpoint under {out_dir}/{CHECKPOINTS_DIR} to resume from")
+        step = int(STEP_DIR_RE.fullmatch(latest.name).group(1))
+        if step >= steps:
+            already = "already finished: its" if step == steps else "has gone past that:"
+            raise RunDirError(f"--resume: the run in {out_dir} {already} latest checkpoint {latest.name} "
+                              f"is at step {step} and --steps (train.steps) is {steps}; give a larger "
+                              f"--steps to train further")
+    elif not overwrite:
+        existing = describe_run(out_dir)
+        if existing is not None:
+            raise RunDirError(f"{out_dir} already holds a run ({existing}); pass --resume to "
+                              f"continue it or --overwrite to replace it")
 
 
 def describe_run(out_dir: Path) -> Optional[str]:

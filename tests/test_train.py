@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from sparse_gpt import load_model
@@ -238,9 +239,8 @@ def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tm
         first.wait()
 
 
-def _interrupt_and_resume(tmp_path, sig):
-    out = tmp_path / f"run-{sig.name}"
-    steps = 40
+def _interrupt(out, sig, steps):
+    """Start a run, send `sig` once it is a few steps in; return the line it ended with."""
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), "--no-progress", "--out", str(out),
            "--steps", str(steps), "--set", "train.ckpt_interval=1000", *FAST]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -254,23 +254,23 @@ def _interrupt_and_resume(tmp_path, sig):
     step = int(re.search(r"after step (\d+)", line).group(1))
     assert 3 <= step < steps and latest_checkpoint(out).name == f"step_{step:06d}"
     assert f"python train.py --out {out} --resume" in line
-    python, *rest = line.split("continue with: ")[1].split()
-    resumed = subprocess.run([sys.executable, *rest], cwd=ROOT, capture_output=True, text=True,
-                             timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    return out
+    return line
 
 
+@pytest.mark.slow
 def test_sigint_and_sigterm_stop_at_a_step_with_a_checkpoint_and_resume_exactly(tmp_path):
+    steps = 40
+    _interrupt(tmp_path / "int", signal.SIGINT, steps)
+    line = _interrupt(tmp_path / "term", signal.SIGTERM, steps)
+    python, *rest = line.split("continue with: ")[1].split()
+    resumed = subprocess.run([sys.executable, *rest], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
     straight = tmp_path / "straight"
-    run_train("--out", straight, "--steps", 40, "--set", "train.ckpt_interval=1000", *FAST)
-    a = final_weights(straight)
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        out = _interrupt_and_resume(tmp_path, sig)
-        b = final_weights(out)
-        assert all(torch.equal(a[k], b[k]) for k in a), sig
-        logged = [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()]
-        assert logged == list(range(1, 41))
+    run_train("--out", straight, "--steps", steps, "--set", "train.ckpt_interval=1000", *FAST)
+    a, b = final_weights(straight), final_weights(tmp_path / "term")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(l)["step"] for l in (tmp_path / "term" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == list(range(1, steps + 1))
 
 
 def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
@@ -285,14 +285,17 @@ def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
 
 
 def test_which_config_is_used_is_said(tmp_path):
-    out = tmp_path / "run"
-    run_train("--out", out, "--steps", 2, "--set", "train.ckpt_interval=2", *FAST)
+    not_a_dir = tmp_path / "file"  # refused right after the config is read: nothing is trained
+    not_a_dir.write_text("")
     empty = tmp_path / "empty.yaml"
     empty.write_text("# nothing set here\n")
-    proc = subprocess.run([sys.executable, "train.py", "--config", str(empty), "--out", str(out)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "train.py", "--config", str(empty), "--out", str(not_a_dir)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert f"config: {empty} is empty: every setting is the built-in default" in proc.stdout
-    assert proc.returncode == 2 and "already holds a run" in proc.stderr  # and nothing was trained
-    proc = subprocess.run([sys.executable, "train.py", "--out", str(out)], cwd=ROOT, capture_output=True,
+    assert proc.returncode == 2 and "is a file" in proc.stderr
+    proc = subprocess.run([sys.executable, "train.py", "--out", str(not_a_dir)], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert "config: the built-in defaults (no config file given)" in proc.stdout and proc.returncode == 2
+    proc = subprocess.run([sys.executable, "train.py", "--config", str(TINY), "--out", str(not_a_dir)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.startswith(f"config: {TINY}\n") and proc.returncode == 2
