@@ -23,7 +23,7 @@ STAGES = [
     {"prune"},                                     # masks, the task objective, the pruner
     {"circuit"},                                   # the circuit artefact, its validation and node details
     {"explain", "intervene"},                      # reading single nodes
-    {"render"},                                    # pictures of a circuit
+    {"render", "export"},                          # pictures of a circuit; other viewers' formats
     {"pipeline"},                                  # checkpoint + task -> circuit directory
 ]
 
