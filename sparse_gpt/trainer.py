@@ -12,8 +12,6 @@ import math
 import os
 import signal
 import sys
-import threading
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,11 +29,11 @@ from .config import (Config, ConfigError, config_from_dict, dump_config, parse_c
                      resolve_device)
 from .data import PreparedData, get_batch, prepare_data, random_offsets, unigram_loss
 from .fileio import atomic_write_text
-from .flops import flops_per_token, peak_flops
 from .model import GPT
 from .sparsity import SparseAdam
-from .trainer_metrics import MetricsLog, read_metrics
+from .trainer_metrics import MetricsLog, Throughput, read_metrics
 from .trainer_rundir import RunLock, clear_run, describe_run, preflight
+from .trainer_stop import StopOnSignal
 
 VAL_SEED = 1_000_003  # seeds the fixed validation batches, apart from every training step's seed
 
@@ -284,62 +282,7 @@ def _save(run: _Run, step: int, val_loss: Optional[float], config_yaml: str) -> 
                                 keep=run.cfg.train.keep_checkpoints)
 
 
-class _StopOnSignal:
-    """While open, SIGINT and SIGTERM ask the loop to stop at the next step boundary instead of
-    killing it mid-step; a second signal stops at once (the checkpoints on disk stay intact)."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signum: Optional[int] = None
-        self._old: dict = {}
-
-    def __enter__(self) -> "_StopOnSignal":
-        if threading.current_thread() is threading.main_thread():  # handlers only work there
-            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for s, handler in self._old.items():
-            signal.signal(s, handler)
-
-    def _handle(self, signum, frame) -> None:
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def requested(self, run: _Run) -> Optional[int]:
-        """The signal that asked to stop, agreed on by every process (one stops, all stop)."""
-        if run.dd.world == 1:
-            return self.signum
-        flag = torch.tensor([self.signum or 0], device=run.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
-
-
-class _Speed:
-    """Tokens per second (and MFU) since the previous timed record."""
-
-    def __init__(self, cfg: Config, device: str, world: int):
-        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
-        # MFU: model FLOPs per second over the bf16 peak of all devices (sparse_gpt/flops.py); None on CPU
-        self.flops_token, self.peak = flops_per_token(cfg.model), peak_flops(device, cfg.train.peak_tflops)
-        self.world = world
-        self.t_last, self.tokens = time.perf_counter(), 0
-        self.speed, self.util = 0.0, None
-
-    def add_step(self) -> None:
-        self.tokens += self.tokens_per_step
-
-    def measure(self) -> tuple[float, Optional[float]]:
-        now = time.perf_counter()
-        self.speed = self.tokens / (now - self.t_last)
-        self.util = self.flops_token * self.speed / (self.peak * self.world) if self.peak else None
-        self.t_last, self.tokens = now, 0
-        return self.speed, self.util
-
-
-def _log_start(run: _Run, speed: _Speed) -> None:
+def _log_start(run: _Run, speed: Throughput) -> None:
     cfg, model, opt, data = run.cfg, run.model, run.opt, run.data
     run.log(f"model: {model.num_params():,} params ({cfg.model.n_layer} layers, d_model {cfg.model.d_model}); "
             f"{len(opt.tensors)} sparse tensors, {opt.l0_final:,} nonzero at the end; "
@@ -348,7 +291,7 @@ def _log_start(run: _Run, speed: _Speed) -> None:
             + (f"peak {speed.peak / 1e12:.0f} TFLOP/s" if speed.peak else "MFU unavailable (no known bf16 peak)"))
 
 
-def _record(run: _Run, done: int, train_loss: float, info: dict, speed: _Speed) -> dict:
+def _record(run: _Run, done: int, train_loss: float, info: dict, speed: Throughput) -> dict:
     """The metrics.jsonl record of a finished step (evaluating the model when it is due)."""
     cfg, opt = run.cfg, run.opt
     record = {"step": done, "train_loss": train_loss, "lr": info["lr"], "grad_rms": info["grad_rms"],
@@ -379,11 +322,11 @@ def _train(cfg: Config, out_dir: Path, resume: bool, overwrite: bool, progress: 
            dd: Dist) -> dict:
     run = _setup(cfg, out_dir, resume, device, dd)
     config_yaml = dump_config(run.cfg)
-    speed = _Speed(run.cfg, device, dd.world)
+    speed = Throughput(run.cfg, device, dd.world)
     metrics = _start_files(run, resume, overwrite, config_yaml) if dd.main else None
     if dd.main:
         _log_start(run, speed)
-    with _StopOnSignal() as stop:
+    with StopOnSignal() as stop:
         val_loss = _loop(run, metrics, speed, config_yaml, stop, progress)
     dd.barrier()
     if not dd.main:
@@ -394,8 +337,8 @@ def _train(cfg: Config, out_dir: Path, resume: bool, overwrite: bool, progress: 
     return summary
 
 
-def _loop(run: _Run, metrics: Optional[MetricsLog], speed: _Speed, config_yaml: str,
-          stop: _StopOnSignal, progress: bool) -> Optional[float]:
+def _loop(run: _Run, metrics: Optional[MetricsLog], speed: Throughput, config_yaml: str,
+          stop: StopOnSignal, progress: bool) -> Optional[float]:
     """The optimiser steps from the start step to the end; returns the last validation loss."""
     cfg, opt, dd = run.cfg, run.opt, run.dd
     bar = tqdm(total=cfg.train.steps, initial=run.start_step, disable=not (progress and dd.main),
@@ -420,7 +363,7 @@ def _loop(run: _Run, metrics: Optional[MetricsLog], speed: _Speed, config_yaml: 
             if done % cfg.train.ckpt_interval == 0 or done == cfg.train.steps:
                 _save(run, done, val_loss, config_yaml)
                 saved_at = done
-            signum = stop.requested(run) if done < cfg.train.steps else None
+            signum = stop.requested(dd.world, run.device) if done < cfg.train.steps else None
             if signum is not None:
                 _stop_for_signal(run, signum, done, saved_at, val_loss, config_yaml)
     finally:
@@ -428,7 +371,7 @@ def _loop(run: _Run, metrics: Optional[MetricsLog], speed: _Speed, config_yaml: 
     return val_loss
 
 
-def _show(bar, record: dict, val_loss: Optional[float], speed: _Speed, opt: SparseAdam, info: dict) -> None:
+def _show(bar, record: dict, val_loss: Optional[float], speed: Throughput, opt: SparseAdam, info: dict) -> None:
     bar.set_postfix(loss=f"{record['train_loss']:.3f}", val=f"{val_loss:.3f}" if val_loss else "-",
                     tok_s=f"{speed.speed:,.0f}", mfu=f"{speed.util:.1%}" if speed.util is not None else "n/a",
                     density=f"{opt.l0_at(info['density_scale']) / max(1, opt.l0_at(0.0)):.3f}",

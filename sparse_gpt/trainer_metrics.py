@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from .config import Config
 from .fileio import append_text, atomic_write_text
+from .flops import flops_per_token, peak_flops
 
 
 class MetricsError(ValueError):
@@ -52,3 +55,25 @@ class MetricsLog:
 
     def write(self, record: dict) -> None:
         append_text(self.path, json.dumps(record) + "\n")
+
+
+class Throughput:
+    """Tokens per second (and MFU) since the previous timed record."""
+
+    def __init__(self, cfg: Config, device: str, world: int):
+        self.tokens_per_step = cfg.train.batch_size * cfg.model.block_size
+        # MFU: model FLOPs per second over the bf16 peak of all devices (sparse_gpt/flops.py); None on CPU
+        self.flops_token, self.peak = flops_per_token(cfg.model), peak_flops(device, cfg.train.peak_tflops)
+        self.world = world
+        self.t_last, self.tokens = time.perf_counter(), 0
+        self.speed, self.util = 0.0, None
+
+    def add_step(self) -> None:
+        self.tokens += self.tokens_per_step
+
+    def measure(self) -> tuple[float, Optional[float]]:
+        now = time.perf_counter()
+        self.speed = self.tokens / (now - self.t_last)
+        self.util = self.flops_token * self.speed / (self.peak * self.world) if self.peak else None
+        self.t_last, self.tokens = now, 0
+        return self.speed, self.util
