@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-# Where AbsTopK activation sparsity can act, in forward order (METHOD.md section 1).
+# Where AbsTopK activation sparsity can act, in forward order (the paper's eight locations).
 ACT_SPARSITY_LOCATIONS = (
     "attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neuron", "mlp_out",
 )
@@ -134,7 +134,7 @@ class TrainConfig:
     warmup_frac: float = 0.01
     beta1: float = 0.9
     beta2: float = 0.95
-    eps: float = 0.1                 # large on purpose (METHOD.md section 2)
+    eps: float = 0.1                 # large on purpose: the paper's value, it damps Adam on rarely-updated sparse weights
     weight_decay: float = 0.1        # decoupled, on matrices, after the top-k
     grad_norm: str = "rms"           # rms: divide by global grad RMS | clip: only when RMS > 1 | none
     seed: int = 0

@@ -1,4 +1,4 @@
-"""A GPT-2-like decoder for weight-sparse training (METHOD.md section 1).
+"""A GPT-2-like decoder for weight-sparse training, as in Gao et al. 2025.
 
 Pre-norm blocks, RMSNorm, many 16-wide heads, untied embeddings, optional attention sink, bigram
 table and AbsTopK activation sparsity. Every activation a circuit is made of passes through a
@@ -105,7 +105,7 @@ class AbsTopK(nn.Module):
 
 
 def _norm(cfg: ModelConfig) -> nn.Module:
-    # RMSNorm keeps zero privileged: a channel that is zero stays zero (METHOD.md section 1).
+    # RMSNorm keeps zero privileged: a channel that is zero stays zero (the paper's choice over LayerNorm).
     return nn.RMSNorm(cfg.d_model) if cfg.norm == "rms" else nn.LayerNorm(cfg.d_model, bias=cfg.bias)
 
 

@@ -1,4 +1,4 @@
-"""Weight sparsity (METHOD.md section 2): top-k after every step, annealing, the sharkfin LR.
+"""Weight sparsity as in the paper: top-k after every step, annealing, the sharkfin LR.
 
 One optimiser step, in order: normalise the gradients to global RMS 1, Adam (dense moments, so a
 zeroed weight can come back), keep the top-k magnitudes of every sparse tensor (protecting each
@@ -208,7 +208,7 @@ class SparseAdam:
         scale = density_scale(self.progress(step), self.sparsity.anneal_start, self.sparsity.anneal_end)
         lr = self.train.lr * lr_multiplier(step, self.train.steps, self.train.warmup_frac)
         if self.sparsity.lr_l0_scaling:  # 1 for a dense baseline
-            # Without this factor annealing gives no benefit (METHOD.md section 2).
+            # Without this factor annealing gives no benefit (the paper's finding).
             lr *= math.sqrt(self.l0_final / self.l0_at(scale))
         return {"lr": lr, "density_scale": scale, "l0": self.l0_at(scale)}
 

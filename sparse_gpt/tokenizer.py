@@ -1,10 +1,10 @@
 """Byte-level BPE tokenizer for Python source, trained with HF `tokenizers`.
 
-The circuit tasks (METHOD.md section 4) ask the model for one-token answers such as `"` vs `'` or
-`]` vs `]]`. Plain byte-level BPE happily learns merges like `")` or `],`, which would make those
+The circuit tasks ask the model for one-token answers such as `"` vs `'` or `]` after an inner
+list. Plain byte-level BPE happily learns merges like `")` or `],`, which would make those
 answers two tokens in many contexts. With `isolate_brackets=True` every run of one quote or bracket
-character becomes its own pre-token, so BPE can still learn `]]`, `))` or `\"\"\"` but never glue a
-quote or bracket to its neighbours. docs/design_data.md has the measured cost and benefit.
+character becomes its own pre-token, so BPE can still learn `))` or `\"\"\"` (a closing `]` always stands
+alone) but never glue a quote or bracket to its neighbours. docs/design_data.md has the measured cost and benefit.
 """
 from __future__ import annotations
 
