@@ -6,7 +6,8 @@
 #   DEVICE=cpu bash bench/gpu.sh               # smoke run of the script itself on CPU (tiny shapes, no compile)
 #
 # Environment: PYTHON (default python3, or .venv/bin/python when it exists), BUDGET_S (wall-clock
-# budget for the parts, default 400 s: each part's timeout is cut to what is left), COMPILE (1: run
+# budget for the parts, default 360 s: each part's timeout is cut to what is left; the whole script
+# ends within about BUDGET_S + 30 s), COMPILE (1: run
 # the compiled d1024 part, the default on CUDA). A part that fails or times out is reported and the
 # rest still runs; the table marks what did not run.
 set -u -o pipefail
@@ -20,11 +21,28 @@ DEVICE=${DEVICE:-cuda}
 if [ -z "${PYTHON:-}" ]; then
     if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
-BUDGET_S=${BUDGET_S:-400}
+BUDGET_S=${BUDGET_S:-360}
 START=$(date +%s)
 if [ "$DEVICE" = cpu ]; then COMPILE=${COMPILE:-0}; else COMPILE=${COMPILE:-1}; fi
 
 exec > >(tee "$LOG") 2>&1
+TEE_PID=$!
+
+# The table is written however the script ends (a part's timeout, a signal): every part's own
+# table is in the log as it finishes, and gpu.json gathers what finished.
+finish() {
+    trap - EXIT
+    echo "=== targets ($(( $(date +%s) - START ))s in)"
+    $PYTHON bench/gpu_report.py "$PARTS" "$RESULTS_DIR/gpu.json"
+    echo "one circuit on an 8-layer d1024 model: not run by this script (needs a trained checkpoint and a corpus)"
+    echo "gpu.sh done in $(( $(date +%s) - START ))s"
+    rm -rf "$PARTS"
+    exec 1>&- 2>&-
+    wait "$TEE_PID" 2>/dev/null
+}
+trap finish EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 left() { echo $(( BUDGET_S - ($(date +%s) - START) )); }
 
@@ -105,9 +123,4 @@ d512; part "sparsify d512" 30 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH
 d512; part "abstopk d512" 30 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
     --out "$PARTS/abstopk_d512.json"
 
-# 7. One table of the targets; gpu.json holds it and every part's numbers.
-echo "=== targets ($(( $(date +%s) - START ))s in)"
-$PYTHON bench/gpu_report.py "$PARTS" "$RESULTS_DIR/gpu.json"
-echo "one circuit on an 8-layer d1024 model: not run by this script (needs a trained checkpoint and a corpus)"
-echo "gpu.sh done in $(( $(date +%s) - START ))s"
-rm -rf "$PARTS"
+# 7. One table of the targets: finish(), on exit.
