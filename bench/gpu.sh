@@ -89,7 +89,7 @@ d1024() { SH=("${SHAPE_D1024[@]}"); }
 d512; part "train_step d512 eager" 90 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
     --variants $EAGER --out "$PARTS/train_step_d512.json"
 d1024; part "train_step d1024 eager" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" "${TS[@]}" \
-    --variants $EAGER --out "$PARTS/train_step_d1024.json"
+    --variants plain,nosink,dense,dense_sinkmask,sparse,recipe --out "$PARTS/train_step_d1024.json"
 
 # 3. The top-k sweep and AbsTopK alone, every method (which one is fastest on this GPU).
 d1024; part "sparsify d1024" 45 $PYTHON bench/sparsify.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
@@ -97,20 +97,24 @@ d1024; part "sparsify d1024" 45 $PYTHON bench/sparsify.py --device "$DEVICE" "${
 d1024; part "abstopk d1024" 45 $PYTHON bench/abstopk.py --device "$DEVICE" "${SH[@]}" "${REP[@]}" \
     --out "$PARTS/abstopk_d1024.json"
 
-# 4. Compiled d1024 (MFU target; whether the whole recipe compiles). Compilation is most of its time.
+# 4. Where the sparse and recipe steps spend their time (torch.profiler, 3 steps each), d512.
+d512; part "profile d512" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" --repeats 2 --warmup 2 \
+    --variants dense,sparse,recipe --profile sparse,recipe --out "$PARTS/profile_d512.json"
+
+# 5. Compiled d1024 (MFU target; whether the whole recipe compiles). Compilation is most of its time.
 if [ "$COMPILE" = 1 ]; then
-    d1024; part "train_step d1024 compiled" 180 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
-        "${TS[@]}" --compile --variants dense,plain,nosink,sparse --out "$PARTS/train_step_d1024_compiled.json"
-    # apart, so that a recipe that does not compile costs only its own row
-    d1024; part "train_step d1024 compiled recipe" 120 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
+    # in small parts, so that what compiles in time is kept: dense and plain first (the MFU target),
+    # then the recipe (does it compile), then nosink and sparse (the other ratios compiled)
+    d1024; part "train_step d1024 compiled dense, plain" 120 $PYTHON bench/train_step.py --device "$DEVICE" \
+        "${SH[@]}" "${TS[@]}" --compile --variants dense,plain --out "$PARTS/train_step_d1024_compiled.json"
+    d1024; part "train_step d1024 compiled recipe" 100 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" \
         "${TS[@]}" --compile --variants dense,recipe --out "$PARTS/train_step_d1024_compiled_recipe.json"
+    d1024; part "train_step d1024 compiled nosink, sparse" 100 $PYTHON bench/train_step.py --device "$DEVICE" \
+        "${SH[@]}" "${TS[@]}" --compile --variants dense,nosink,sparse \
+        --out "$PARTS/train_step_d1024_compiled_more.json"
 else
     echo "=== train_step d1024 compiled: NOT RUN (COMPILE=$COMPILE)"
 fi
-
-# 5. Where the sparse and recipe steps spend their time (torch.profiler, 3 steps each), d512.
-d512; part "profile d512" 60 $PYTHON bench/train_step.py --device "$DEVICE" "${SH[@]}" --repeats 2 --warmup 2 \
-    --variants dense,sparse,recipe --profile sparse,recipe --out "$PARTS/profile_d512.json"
 
 # 6. What is left: the alternative methods in whole steps, the d512 microbenchmarks.
 for p in d512 d1024; do
