@@ -62,12 +62,12 @@ def test_triton_kernel_probe_works():
 def test_triton_threshold_keep_follows_the_rule_across_blocks(dtype):
     from sparse_gpt.topk import kth_largest
     gen = torch.Generator().manual_seed(2)
-    sizes = [(3, 97), (2, 4096), (2, 10000)] + ([(4, 786432), (8, 3 * 1024 * 1024 + 5)] if DEVICE == "cuda" else [])
+    sizes = [(3, 97), (2, 4096), (2, 10000)] + ([(4, 786432), (2, 3 * 1024 * 1024 + 5)] if DEVICE == "cuda" else [])
     for rows, n in sizes:
         for values in (3, 1000, 10 ** 6):
             score = torch.randint(0, values, (rows, n), generator=gen).to(dtype)
             for k in sorted({1, max(1, n // 64), n // 2, n - 1}):
                 s = score.to(DEVICE)
                 keep = topk_triton.threshold_keep(s, kth_largest(s, k, "topk"), k)
-                expect = keep_mask(score.float(), k, "topk")
+                expect = keep_mask(score.float(), k)  # CPU: numpy.partition, then the tie rule
                 assert torch.equal(keep.cpu(), expect), (rows, n, values, k, dtype)
