@@ -38,10 +38,12 @@ from sparse_gpt.tasks.templates import SINGLE_TOKEN_NAMES, Side, TemplateTask, c
 from sparse_gpt.tokenizer import (
     describe_split,
     encode,
+    decode,
     eot_id,
     is_single_token,
     load_tokenizer,
     save_tokenizer,
+    single_token_id,
     train_tokenizer,
 )
 
@@ -196,6 +198,9 @@ def test_encode_pairs_shapes_and_positions(name, tok):
             # The answer really is the next token of the prompt's source text.
             full = encode(tok, ex.prompt + ex.answer + ex.continuation)
             assert full[:length + 1] == ids + [int(batch.correct[i])]
+            # On our tokenizer every answer is its own token: the ids are those of the texts.
+            assert int(batch.correct[i]) == single_token_id(tok, ex.answer)
+            assert int(batch.alternative[i]) == single_token_id(tok, ex.alternative)
 
 
 def test_answer_names_are_single_tokens(tok):
@@ -241,13 +246,37 @@ def test_split_answer_raises_naming_task_answer_and_split():
     assert describe_split(tiny, ".add") in msg
 
 
-def test_answer_merged_with_its_neighbours_raises_for_templated_pairs():
-    # Without bracket isolation BPE learns merges such as `")`, so the closing quote is not the
-    # next token in context even though `"` alone is one token.
+def test_a_merging_tokenizer_asks_for_the_merged_quote_tokens():
+    # Without bracket isolation BPE learns merges such as `")`: the quote task then contrasts the
+    # tokens a model really sees there, `")` with `')`, `"\n` with `'\n` ...
     merging = load_tokenizer(cached_tokenizer_path(2048, False, 2_000_000))
     task = get_task("single_double_quote")
-    with pytest.raises(TaskTokenError, match="single_double_quote.*merge"):
-        encode_pairs(task, task.pairs(64, seed=0), merging, BLOCK_SIZE)
+    pairs = task.pairs(64, seed=0)
+    batch = encode_pairs(task, pairs, merging, BLOCK_SIZE)
+    assert len(batch) == 2 * len(pairs)
+    merged = 0
+    for i, ex in enumerate(ex for p in pairs for ex in p.examples()):
+        correct, alternative = (decode(merging, [int(t[i])]) for t in (batch.correct, batch.alternative))
+        assert correct.startswith(ex.answer) and (ex.answer + ex.continuation).startswith(correct)
+        # The alternative is the other prompt's answer token, in the same text: `"` + `]` may be
+        # two tokens where `']` is one.
+        assert (ex.alternative + ex.continuation).startswith(alternative)
+        assert alternative.startswith(ex.alternative) and alternative != correct
+        assert batch.tokens[i, :batch.lengths[i]].tolist() == encode(merging, ex.prompt)
+        merged += len(correct) > 1
+    assert merged > len(batch) // 2
+
+
+def test_a_task_that_cannot_be_posed_names_its_answers_and_their_split():
+    merging = load_tokenizer(cached_tokenizer_path(300, False, 200_000))
+    task = get_task("class_init")
+    pairs = task.pairs(32, seed=0)
+    with pytest.raises(TaskTokenError) as err:
+        encode_pairs(task, pairs, merging, BLOCK_SIZE)
+    msg = str(err.value)
+    assert msg.startswith("task class_init cannot be posed on this tokenizer")
+    split = sorted({ex.answer for p in pairs for ex in p.examples()})[0]
+    assert describe_split(merging, split) in msg and "->" in msg
 
 
 def test_encode_examples_skips_or_raises_on_a_boundary_merge(tok):
@@ -404,6 +433,31 @@ def test_natural_bracket_examples_follow_the_source(tok, heldout_texts):
     encode_examples(task, examples, tok, BLOCK_SIZE, strict=True)
 
 
+def _boundary_problem_before(tokenizer, ex: Example) -> str | None:
+    """The rule natural examples were mined by before answers became tokenizer-aware: the answer
+    is one token of its own and the prompt's tokens plus it start the source text's tokens."""
+    answer = single_token_id(tokenizer, ex.answer)
+    if answer is None:
+        return "split"
+    ids = encode(tokenizer, ex.prompt)
+    full = encode(tokenizer, ex.prompt + ex.answer + ex.continuation)
+    return None if full[:len(ids) + 1] == ids + [answer] else "merge"
+
+
+@pytest.mark.parametrize("name", ["single_double_quote", "bracket_counting"])
+def test_natural_examples_on_our_tokenizer_are_mined_as_before(name, tok, heldout_texts,
+                                                               monkeypatch):
+    from sparse_gpt.tasks import natural
+
+    task = get_task(name)
+    now = task.natural_examples(heldout_texts, 100, seed=0, tokenizer=tok)
+    monkeypatch.setattr(natural, "boundary_problem", _boundary_problem_before)
+    assert now == task.natural_examples(heldout_texts, 100, seed=0, tokenizer=tok)
+    batch = encode_examples(task, now, tok, BLOCK_SIZE, strict=True)
+    assert batch.correct.tolist() == [single_token_id(tok, ex.answer) for ex in now]
+    assert batch.alternative.tolist() == [single_token_id(tok, ex.alternative) for ex in now]
+
+
 def test_tasks_without_a_miner_have_no_natural_examples(heldout_texts):
     assert get_task("with_as").natural_examples(heldout_texts, 5, seed=0) == []
 
@@ -461,3 +515,57 @@ def test_cli_unknown_task():
     out = _cli("show", "no_such_task")
     assert out.returncode != 0
     assert "unknown task 'no_such_task'" in out.stderr and "single_double_quote" in out.stderr
+
+
+# ----- a model in OpenAI's format, whose BPE merges quotes with brackets ------------------------
+
+
+@pytest.fixture(scope="module")
+def openai_dir(tmp_path_factory) -> Path:
+    """An OpenAI-format model directory whose data-gym BPE (trained like tinypython's, without
+    bracket isolation) has tokens such as `")` and `]\\n`."""
+    from openai_writer import (save_openai_model, train_data_gym_tokenizer,
+                               write_openai_tokenizer_files)
+
+    from sparse_gpt.config import ModelConfig
+    from sparse_gpt.model import GPT
+
+    out = tmp_path_factory.mktemp("openai")
+    write_openai_tokenizer_files(train_data_gym_tokenizer(read_texts(stdlib_files(), 1_000_000)),
+                                 out / "tinypython")
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=2048, block_size=BLOCK_SIZE, n_layer=1, d_model=32, d_head=16,
+                      afrac=None, bigram_table=False)
+    return save_openai_model(GPT(cfg).eval(), out / "tinypython", out / "model")
+
+
+@pytest.mark.parametrize("name", ["single_double_quote", "bracket_counting", "bracket_brace",
+                                  "indent_for"])
+def test_tasks_pose_on_an_openai_model_with_a_merging_tokenizer(name, openai_dir):
+    from sparse_gpt import load_model
+
+    _, tok = load_model(openai_dir)
+    task = get_task(name)
+    for split in ("prune", "heldout"):
+        pairs = task.pairs(N_PAIRS, seed=0, split=split)
+        batch = encode_pairs(task, pairs, tok, BLOCK_SIZE)
+        assert len(batch) > len(pairs)  # most pairs are posable
+        assert torch.equal(batch.correct[0::2], batch.alternative[1::2])
+        assert (batch.correct != batch.alternative).all()
+    tokens = {decode(tok, [int(i)]) for i in batch.correct}
+    if name == "single_double_quote":
+        assert {'")', "')"} <= {t.rstrip("\n") for t in tokens}  # merged with the bracket
+    elif name == "bracket_counting":
+        assert tokens == {"]", "]\n"}  # `]` then more vs the line's end, one token earlier
+    elif name == "bracket_brace":
+        assert '":' in tokens  # the key's closing quote merges with the colon
+
+
+def test_cli_show_prints_the_answer_tokens_of_an_openai_model(openai_dir):
+    out = _cli("show", "single_double_quote", "--n", "2", "--checkpoint", str(openai_dir),
+               "--eval-pairs", "16")
+    assert out.returncode == 0, out.stderr
+    assert "answer tokens (correct vs alternative, per prompt) over 16 of 16 pairs" in out.stdout
+    assert "full model on 16 of 16 pairs: two-way accuracy" in out.stdout
+    assert "correct '\")" in out.stdout or "correct '\\'')" in out.stdout
+    assert "(answer texts '\"' vs \"'\")" in out.stdout or "(answer texts \"'\" vs '\"')" in out.stdout

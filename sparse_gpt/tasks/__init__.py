@@ -14,6 +14,7 @@ import difflib
 from . import brackets, quotes, statements, variables
 from .base import (
     BinaryTask,
+    EncodedExample,
     Example,
     PromptPair,
     PromptTooLongError,
@@ -21,7 +22,9 @@ from .base import (
     TaskError,
     TaskTokenError,
     boundary_problem,
+    encode_example,
     encode_examples,
+    encode_pair,
     encode_pairs,
     length_chunks,
     logit_diff,
@@ -73,8 +76,8 @@ def get_task(name: str) -> BinaryTask:
 
 
 __all__ = [
-    "BinaryTask", "Example", "PromptPair", "TaskBatch", "TaskError", "TaskTokenError",
-    "PromptTooLongError", "UnknownTaskError", "PAPER_TASKS", "boundary_problem", "encode_examples",
-    "encode_pairs", "get_task", "length_chunks", "list_tasks", "logit_diff", "oriented_logit_diff",
+    "BinaryTask", "EncodedExample", "Example", "PromptPair", "TaskBatch", "TaskError", "TaskTokenError",
+    "PromptTooLongError", "UnknownTaskError", "PAPER_TASKS", "boundary_problem", "encode_example",
+    "encode_examples", "encode_pair", "encode_pairs", "get_task", "length_chunks", "list_tasks", "logit_diff", "oriented_logit_diff",
     "scored_logits", "task_accuracy", "task_logits", "task_loss", "two_way_accuracy", "two_way_loss",
 ]

@@ -8,20 +8,24 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
 from tokenizers import Tokenizer
 
-from sparse_gpt.tokenizer import load_tokenizer, token_strings
+from sparse_gpt.tokenizer import decode, eot_id, load_tokenizer, token_strings
 
 from . import (
     BinaryTask,
+    EncodedExample,
     Example,
     TaskError,
     UnknownTaskError,
+    encode_example,
     encode_examples,
+    encode_pair,
     encode_pairs,
     get_task,
     list_tasks,
@@ -30,6 +34,7 @@ from . import (
     task_accuracy,
     task_loss,
 )
+from .base import TaskBatch, to_batch
 
 SPLITS = ("prune", "heldout", "natural")
 
@@ -53,14 +58,51 @@ def _token(s: str) -> str:
     return repr(s).replace(" ", "·")
 
 
-def _examples(task: BinaryTask, split: str, n: int, seed: int, source: str | None,
-              tokenizer: Tokenizer | None) -> tuple[list[Example], list[int]]:
-    """(examples, pair id of each) for one split; natural examples have pair id -1."""
+def _shown(task: BinaryTask, split: str, n: int, seed: int, source: str | None,
+           tokenizer: Tokenizer | None) -> list[tuple[str, Example, EncodedExample | str | None]]:
+    """(label, example, its encoding or why it cannot be posed, None without a tokenizer) for the
+    examples of one split: both prompts of `n` pairs, or `n` natural examples."""
     if split == "natural":
         examples = task.natural_examples(_held_out_texts(source), n, seed, tokenizer)
-        return examples, [-1] * len(examples)
-    pairs = task.pairs(n, seed, split)
-    return [ex for p in pairs for ex in p.examples()], [i for i in range(len(pairs)) for _ in "ab"]
+        return [(f"natural {i}", ex, _encoded(lambda ex=ex: [encode_example(
+            task, ex, tokenizer, _NO_LIMIT)], tokenizer)[0]) for i, ex in enumerate(examples)]
+    out = []
+    for i, pair in enumerate(task.pairs(n, seed, split)):
+        encoded = _encoded(lambda pair=pair: encode_pair(task, pair, tokenizer, _NO_LIMIT),
+                           tokenizer, 2)
+        out += [(f"pair {i}{side}", ex, enc) for side, ex, enc in zip("ab", pair.examples(), encoded)]
+    return out
+
+
+# The shown prompts are never cut to a context; the model's own limit applies when it scores them.
+_NO_LIMIT = 1 << 30
+
+
+def _encoded(encode, tokenizer: Tokenizer | None, n: int = 1) -> list:
+    """`encode()`'s encodings, or the reason it raised `n` times, or `n` Nones without a
+    tokenizer."""
+    if tokenizer is None:
+        return [None] * n
+    try:
+        return list(encode())
+    except TaskError as e:
+        return [str(e)] * n
+
+
+def _answer_line(tokenizer: Tokenizer | None, ex: Example, enc: EncodedExample | str | None) -> str:
+    """The answers shown for one example: the texts, and the tokens the model is asked for."""
+    if enc is None:
+        return f"correct {_token(ex.answer)}  alternative {_token(ex.alternative)}"
+    if isinstance(enc, str):
+        return (f"correct {_token(ex.answer)}  alternative {_token(ex.alternative)}  "
+                f"NOT POSABLE on this tokenizer: {enc}")
+    correct, alternative = (decode(tokenizer, [i]) for i in (enc.answer_id, enc.alternative_id))
+    line = f"correct {_token(correct)}  alternative {_token(alternative)}"
+    if (correct, alternative) != (ex.answer, ex.alternative):
+        line += f"  (answer texts {_token(ex.answer)} vs {_token(ex.alternative)})"
+    if enc.cut < len(ex.prompt):
+        line += f"  asked before the prompt's last {_token(ex.prompt[enc.cut:])}"
+    return line
 
 
 def _held_out_texts(source: str | None) -> Iterator[str]:
@@ -104,45 +146,70 @@ def _cmd_show(args: argparse.Namespace) -> int:
     elif args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
 
-    examples, pair_ids = _examples(task, args.split, args.n, args.seed, args.source, tokenizer)
+    shown = _shown(task, args.split, args.n, args.seed, args.source, tokenizer)
     print(f"{task.name}: {task.description}  (split {args.split}, seed {args.seed})")
-    if not examples:
+    if not shown:
         print("no examples: this task mines no natural examples, or none were found in the source")
         return 0
+    if tokenizer is not None:
+        batch = _eval_batch(task, tokenizer, args, model.config.block_size if model else _NO_LIMIT)
+        counts = Counter(zip(batch.correct.tolist(), batch.alternative.tolist()))
+        pairs = ", ".join(f"{_token(decode(tokenizer, [c]))} vs {_token(decode(tokenizer, [a]))} "
+                          f"x{k}" for (c, a), k in counts.most_common(6))
+        print(f"answer tokens (correct vs alternative, per prompt) over {_eval_what(args, batch)}: "
+              f"{pairs}{' ...' if len(counts) > 6 else ''}")
     probs = None
     if model is not None:
-        probs = _evaluate(task, model, tokenizer, examples, args)
-    for i, (ex, pair_id) in enumerate(zip(examples, pair_ids)):
-        label = f"pair {pair_id}{'ab'[i % 2]}" if pair_id >= 0 else f"natural {i}"
-        score = f"  p(correct) two-way {probs[i]:.3f}" if probs is not None else ""
-        print(f"\n--- {label}: correct {_token(ex.answer)}  alternative {_token(ex.alternative)}"
-              f"{score}")
-        print(show_tokens(tokenizer, ex.prompt) if tokenizer else visible(ex.prompt))
+        probs = _evaluate(model, batch, shown, tokenizer, args)
+    for i, (label, ex, enc) in enumerate(shown):
+        score = f"  p(correct) two-way {probs[i]:.3f}" if probs and probs[i] is not None else ""
+        print(f"\n--- {label}: {_answer_line(tokenizer, ex, enc)}{score}")
+        if isinstance(enc, EncodedExample):
+            print(show_tokens(tokenizer, ex.prompt[:enc.cut]))
+        else:
+            print(show_tokens(tokenizer, ex.prompt) if tokenizer else visible(ex.prompt))
     if tokenizer is None:
-        print("\n(pass --tokenizer or --checkpoint to see token boundaries)")
+        print("\n(pass --tokenizer or --checkpoint to see token boundaries and answer tokens)")
     return 0
 
 
-@torch.no_grad()
-def _evaluate(task: BinaryTask, model: torch.nn.Module, tokenizer: Tokenizer,
-              shown: Sequence[Example], args: argparse.Namespace) -> list[float]:
-    """Print the model's accuracy and loss on `args.eval_pairs` pairs (or natural examples);
-    return the two-way probability of the correct answer for each shown example."""
-    block_size = model.config.block_size
+def _eval_batch(task: BinaryTask, tokenizer: Tokenizer, args: argparse.Namespace,
+                block_size: int) -> TaskBatch:
+    """The `--eval-pairs` pairs (or natural examples) the model is scored on."""
     if args.split == "natural":
-        mined, _ = _examples(task, "natural", args.eval_pairs, args.seed, args.source, tokenizer)
-        batch = encode_examples(task, mined, tokenizer, block_size)
-        what = f"{len(batch)} natural examples"
-    else:
-        batch = encode_pairs(task, task.pairs(args.eval_pairs, args.seed, args.split), tokenizer,
-                             block_size)
-        what = f"{args.eval_pairs} pairs"
+        mined = task.natural_examples(_held_out_texts(args.source), args.eval_pairs, args.seed,
+                                      tokenizer)
+        return encode_examples(task, mined, tokenizer, block_size)
+    return encode_pairs(task, task.pairs(args.eval_pairs, args.seed, args.split), tokenizer,
+                        block_size)
+
+
+def _eval_what(args: argparse.Namespace, batch: TaskBatch) -> str:
+    if args.split == "natural":
+        return f"{len(batch)} natural examples"
+    return f"{len(batch) // 2} of {args.eval_pairs} pairs"
+
+
+@torch.no_grad()
+def _evaluate(model: torch.nn.Module, batch: TaskBatch, shown, tokenizer: Tokenizer,
+              args: argparse.Namespace) -> list[float | None]:
+    """Print the model's accuracy and loss on `batch`; return the two-way probability of the
+    correct answer for each shown example (None where it cannot be posed)."""
     batch = batch.to(args.device)
     logits = scored_logits(model, batch)
-    print(f"full model on {what}: two-way accuracy {task_accuracy(logits, batch):.3f}, "
-          f"mean task loss {task_loss(logits, batch):.4f} nats per prompt")
-    shown_batch = encode_examples(task, shown, tokenizer, block_size, strict=True).to(args.device)
-    return torch.sigmoid(logit_diff(scored_logits(model, shown_batch), shown_batch)).tolist()
+    print(f"full model on {_eval_what(args, batch)}: two-way accuracy "
+          f"{task_accuracy(logits, batch):.3f}, mean task loss {task_loss(logits, batch):.4f} "
+          f"nats per prompt")
+    posed = [(i, enc) for i, (_, _, enc) in enumerate(shown)
+             if isinstance(enc, EncodedExample) and len(enc.prompt_ids) <= model.config.block_size]
+    out: list[float | None] = [None] * len(shown)
+    if posed:
+        rows = [(enc.prompt_ids, enc.answer_id, enc.alternative_id, -1) for _, enc in posed]
+        shown_batch = to_batch(rows, eot_id(tokenizer)).to(args.device)
+        probs = torch.sigmoid(logit_diff(scored_logits(model, shown_batch), shown_batch)).tolist()
+        for (i, _), p in zip(posed, probs):
+            out[i] = p
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,8 +7,9 @@ only score well by reading that detail.
 
 This module holds everything the pruner needs besides the tasks themselves:
 - `Example`, `PromptPair` and the abstract `BinaryTask`;
-- `encode_examples` / `encode_pairs`, which turn examples into a right-padded `TaskBatch` and refuse
-  any example whose answer would not really be the next token the model sees;
+- `encode_example` / `encode_pair`, which find the token a model would really see where an answer
+  starts, and `encode_examples` / `encode_pairs`, which turn examples into a right-padded
+  `TaskBatch`, leaving out those that cannot be posed on the tokenizer at hand;
 - `task_logits`, `logit_diff`, `oriented_logit_diff`, and the one task loss and accuracy
   (`two_way_loss` / `two_way_accuracy`, and `task_loss` / `task_accuracy` on logits), all on the
   two-way choice;
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
-from sparse_gpt.tokenizer import decode, describe_split, encode, eot_id, single_token_id
+from sparse_gpt.tokenizer import decode, describe_split, eot_id
 
 SPLITS = ("prune", "heldout")
 
@@ -43,13 +44,14 @@ class PromptTooLongError(TaskError):
 
 @dataclass(frozen=True)
 class Example:
-    """One prompt, the token that follows it, and the token it is contrasted with.
+    """One prompt, the answer that continues it, and the answer it is contrasted with.
 
-    `continuation` is source text that follows the answer in the code the example stands for. It
-    is never shown to the model; it only lets the encoder check that byte-pair merges with the
-    following text would not swallow the answer into a longer token (e.g. `:` followed by a newline
-    is the single token `:\\n` in real code, so a bare `:` answer would be one the model never sees
-    there).
+    `answer` and `alternative` are source text, and `continuation` is the source text that follows
+    the answer in the code the example stands for. The continuation is never shown to the model;
+    it decides which token the model would really see: the answer token is the first token the
+    tokenizer produces where the answer starts (base.EncodedExample), so on a tokenizer that merges
+    a quote with the bracket after it the quote task asks for `")` rather than `"`, and a `:`
+    followed by a newline is asked for as the token `:\\n` where the tokenizer has one.
     """
 
     prompt: str
@@ -81,7 +83,7 @@ class BinaryTask(abc.ABC):
     """A binary next-token task: a name, its two answers and a source of minimal prompt pairs.
 
     Subclasses set the class attributes and implement `pairs`. `answers` is the fixed pair of answer
-    strings, or None for tasks whose answers are copied from the prompt (e.g. class_init's argument
+    texts (the tokens they stand for depend on the tokenizer and the text after them), or None for tasks whose answers are copied from the prompt (e.g. class_init's argument
     name), where every pair has its own two answers. A `control` task is not one of the paper's 20
     tasks but a baseline the pruner compares them with.
     """
@@ -152,61 +154,183 @@ class TaskBatch:
         return replace(self, tokens=self.tokens[:, :int(self.lengths.max())]) if len(self) else self
 
 
-def _answer_id(task: BinaryTask, tokenizer: Tokenizer, answer: str, role: str) -> int:
-    token = single_token_id(tokenizer, answer)
-    if token is None:
-        raise TaskTokenError(
-            f"task {task.name}: the {role} {answer!r} is not a single token of this tokenizer "
-            f"({describe_split(tokenizer, answer)}); the task needs a tokenizer that keeps it "
-            f"whole (e.g. one trained with isolate_brackets=True and a 2048-token vocabulary)")
-    return token
+@dataclass(frozen=True)
+class EncodedExample:
+    """An example as the model sees it: the prompt's tokens and the two answer tokens.
+
+    The answer token is the first token the tokenizer produces where the answer starts in the
+    example's source text (prompt + answer + continuation). With a tokenizer that keeps quotes and
+    brackets alone that is the answer itself; with a plain byte-level BPE it may run on into the
+    continuation (`"` followed by `)` is the token `")`), and it may even start inside the prompt
+    when the prompt's last characters merge with the answer (`[[1, 2]` + `]` is `...2` + `]]`). In
+    that case the model is asked one token earlier, and `cut` (the number of prompt characters the
+    prompt tokens cover) is less than the length of the prompt.
+    """
+
+    prompt_ids: list[int]
+    answer_id: int
+    alternative_id: int
+    cut: int
 
 
-def _boundary_problem(tokenizer: Tokenizer, example: Example, prompt_ids: list[int],
-                      answer_id: int) -> str | None:
-    """Why the answer is not the next token of prompt + answer + continuation, or None if it is."""
-    full = example.prompt + example.answer + example.continuation
-    want = prompt_ids + [answer_id]
-    got = encode(tokenizer, full)[:len(want)]
-    if got == want:
-        return None
-    start = max(0, len(prompt_ids) - 3)
-    return (f"in context the text tokenises as ...{[decode(tokenizer, [i]) for i in got[start:]]} "
-            f"where the encoder expected ...{[decode(tokenizer, [i]) for i in want[start:]]} "
-            f"(a merge across the prompt/answer boundary)")
+class _NoBoundary(Exception):
+    """The text has no single answer token at the prompt's end (message: how it splits)."""
+
+
+def _pieces(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
+    return [decode(tokenizer, [i]) for i in ids]
+
+
+def _token_at(tokenizer: Tokenizer, prompt: str, answer: str,
+              continuation: str) -> tuple[list[int], int, int, int]:
+    """(ids before, id, start, end) of the token of prompt + answer + continuation that holds the
+    first character of `answer`; _NoBoundary when that token does not hold all of `answer`."""
+    enc = tokenizer.encode(prompt + answer + continuation, add_special_tokens=False)
+    boundary, answer_end = len(prompt), len(prompt) + len(answer)
+    j = next((j for j, (_, end) in enumerate(enc.offsets) if end > boundary), None)
+    if j is None or not answer:
+        raise _NoBoundary(f"the answer {answer!r} is empty")
+    start, end = enc.offsets[j]
+    if end < answer_end:
+        # Offsets are in characters; ids cut a multi-byte character into several tokens that all
+        # share its offsets, so this also refuses an answer split inside a character.
+        last = next((k for k in range(j, len(enc.ids)) if enc.offsets[k][1] >= answer_end),
+                    len(enc.ids) - 1)
+        raise _NoBoundary(f"the answer {answer!r} is split there: "
+                          f"...{_pieces(tokenizer, enc.ids[max(0, j - 2):last + 2])}")
+    if start == 0:
+        raise _NoBoundary(f"the whole prompt merges with the answer {answer!r}")
+    return enc.ids[:j], enc.ids[j], start, end
+
+
+def _label(task: BinaryTask | None) -> str:
+    return f"task {task.name}: " if task is not None else ""
+
+
+def _check_prompt(task: BinaryTask | None, example: Example, ids: Sequence[int],
+                  block_size: int) -> None:
+    if not example.prompt:
+        raise TaskError(f"{_label(task)}empty prompt")
+    if len(ids) > block_size:
+        raise PromptTooLongError(
+            f"{_label(task)}a prompt of {len(ids)} tokens does not fit the model's "
+            f"context of {block_size} tokens: {example.prompt[:60]!r}...")
+
+
+def encode_example(task: BinaryTask | None, example: Example, tokenizer: Tokenizer,
+                   block_size: int) -> EncodedExample:
+    """One unpaired example as the model sees it (see EncodedExample).
+
+    The alternative token is taken in the same place: the alternative followed by as much of the
+    continuation as the answer token took in (so `"` -> `")` is contrasted with `'` -> `')`), and
+    it must start where the answer token starts and hold exactly that text. TaskTokenError says
+    why an example cannot be posed (naming `task`, if given); PromptTooLongError when its prompt
+    does not fit the context.
+    """
+    try:
+        ids, answer_id, start, end = _token_at(tokenizer, example.prompt, example.answer,
+                                               example.continuation)
+        absorbed = example.continuation[:max(0, end - len(example.prompt) - len(example.answer))]
+        _, alternative_id, alt_start, alt_end = _token_at(tokenizer, example.prompt,
+                                                          example.alternative, absorbed)
+    except _NoBoundary as e:
+        raise _not_posable(task, example, str(e)) from None
+    _check_prompt(task, example, ids, block_size)
+    alt_text = example.alternative + absorbed
+    if alt_start != start or alt_end != len(example.prompt) + len(alt_text):
+        raise _not_posable(task, example, f"the alternative {alt_text!r} is not one token in its "
+                                          f"place (a merge across the prompt/answer boundary)")
+    if alternative_id == answer_id:
+        raise _not_posable(task, example, f"answer and alternative are the same token "
+                                          f"{decode(tokenizer, [answer_id])!r} there")
+    return EncodedExample(ids, answer_id, alternative_id, start)
+
+
+def _token_from(tokenizer: Tokenizer, example: Example, cut: int) -> tuple[list[int], int]:
+    """(ids before, id) of the token of the example's source text that starts at character `cut`
+    of its prompt, if it is the prompt's tail up to the answer or holds all of the answer;
+    _NoBoundary otherwise."""
+    text = example.prompt + example.answer + example.continuation
+    enc = tokenizer.encode(text, add_special_tokens=False)
+    j = next((j for j, (start, _) in enumerate(enc.offsets) if start >= cut), None)
+    if j is None or enc.offsets[j][0] != cut:
+        raise _NoBoundary(f"no token starts at {example.prompt[cut:]!r} + {example.answer!r}")
+    end = enc.offsets[j][1]
+    if end != len(example.prompt) and end < len(example.prompt) + len(example.answer):
+        raise _NoBoundary(f"the answer {example.answer!r} is split there: "
+                          f"...{_pieces(tokenizer, enc.ids[max(0, j - 2):j + 3])}")
+    return enc.ids[:j], enc.ids[j]
+
+
+def encode_pair(task: BinaryTask, pair: PromptPair, tokenizer: Tokenizer,
+                block_size: int) -> tuple[EncodedExample, EncodedExample]:
+    """Both prompts of a pair as the model sees them (see EncodedExample).
+
+    Each prompt's answer token is taken in its own source text, and each one's alternative is the
+    other's answer token. When one prompt's last characters merge with its answer and the other's
+    do not (`[[1, 2]` + `]` vs `[1, 2]` + a line break, on a tokenizer with the token `]\\n` but
+    not `]]`), both are asked where the merged token starts, if the prompts end in the same text
+    there: then one side's token may be that text alone (`]`, the answer following as a token of
+    its own) against the other's merged token (`]\\n`). TaskTokenError unless the two answer
+    tokens are single tokens at the same place and differ; PromptTooLongError if a prompt does not
+    fit the context.
+    """
+    found = []
+    for ex in pair.examples():
+        try:
+            found.append(_token_at(tokenizer, ex.prompt, ex.answer, ex.continuation))
+        except _NoBoundary as e:
+            raise _not_posable(task, ex, str(e)) from None
+    a, b = pair.examples()
+    back = max(len(ex.prompt) - f[2] for ex, f in zip((a, b), found))
+    if back and a.prompt[-back:] != b.prompt[-back:]:
+        raise _not_posable(task, a, f"the token a model sees there starts {back} characters "
+                                    f"before the prompt's end, where the two prompts differ (a "
+                                    f"merge across the prompt/answer boundary)")
+    encoded = []
+    for ex, (ids, token, start, _end) in zip((a, b), found):
+        cut = len(ex.prompt) - back
+        if start != cut:
+            try:
+                ids, token = _token_from(tokenizer, ex, cut)
+            except _NoBoundary as e:
+                raise _not_posable(task, ex, str(e)) from None
+        _check_prompt(task, ex, ids, block_size)
+        encoded.append((ids, token, cut))
+    (ids_a, tok_a, cut_a), (ids_b, tok_b, cut_b) = encoded
+    if tok_a == tok_b:
+        raise _not_posable(task, a, f"both answers are the token {decode(tokenizer, [tok_a])!r}")
+    return EncodedExample(ids_a, tok_a, tok_b, cut_a), EncodedExample(ids_b, tok_b, tok_a, cut_b)
 
 
 def boundary_problem(tokenizer: Tokenizer, example: Example) -> str | None:
-    """Why `example.answer` is not the single token a model sees right after the prompt in the
-    example's source text, or None if it is."""
-    answer_id = single_token_id(tokenizer, example.answer)
-    if answer_id is None:
-        return f"the answer is not one token: {describe_split(tokenizer, example.answer)}"
-    return _boundary_problem(tokenizer, example, encode(tokenizer, example.prompt), answer_id)
+    """Why `example` cannot be posed to a model with this tokenizer (see encode_example), or None
+    if it can."""
+    try:
+        encode_example(None, example, tokenizer, block_size=1 << 30)
+    except TaskTokenError as e:
+        return str(e)
+    return None
 
 
-def _encode_one(task: BinaryTask, example: Example, tokenizer: Tokenizer,
-                block_size: int) -> tuple[list[int], int, int, str | None]:
-    """(prompt ids, answer id, alternative id, boundary problem or None) for one example."""
-    answer_id = _answer_id(task, tokenizer, example.answer, "answer")
-    alternative_id = _answer_id(task, tokenizer, example.alternative, "alternative")
-    prompt_ids = encode(tokenizer, example.prompt)
-    if not prompt_ids:
-        raise TaskError(f"task {task.name}: empty prompt")
-    if len(prompt_ids) > block_size:
-        raise PromptTooLongError(
-            f"task {task.name}: a prompt of {len(prompt_ids)} tokens does not fit the model's "
-            f"context of {block_size} tokens: {example.prompt[:60]!r}...")
-    problem = _boundary_problem(tokenizer, example, prompt_ids, answer_id)
-    return prompt_ids, answer_id, alternative_id, problem
+def _not_posable(task: BinaryTask | None, example: Example, problem: str) -> TaskTokenError:
+    return TaskTokenError(f"{_label(task)}the answer {example.answer!r} is not one token "
+                          f"right after the prompt ...{example.prompt[-40:]!r}: {problem}")
 
 
-def _not_next_token(task: BinaryTask, example: Example, problem: str) -> TaskTokenError:
-    return TaskTokenError(f"task {task.name}: the answer {example.answer!r} is not the next token "
-                          f"after the prompt ...{example.prompt[-40:]!r}: {problem}")
+def _unposable_task(task: BinaryTask, pairs: Sequence[PromptPair], tokenizer: Tokenizer,
+                    failed: Sequence[TaskTokenError]) -> TaskTokenError:
+    """The error for a task that cannot be posed: its answer texts, how they split, an example."""
+    texts = sorted({ex.answer for p in pairs for ex in p.examples()})
+    splits = "; ".join(describe_split(tokenizer, t) for t in texts[:6])
+    more = f" (and {len(texts) - 6} more)" if len(texts) > 6 else ""
+    return TaskTokenError(
+        f"task {task.name} cannot be posed on this tokenizer: {len(failed)} of {len(pairs)} pairs "
+        f"have no single, distinct answer tokens where the prompts end. Answer texts and their "
+        f"split alone: {splits}{more}. First failure: {failed[0]}")
 
 
-def _to_batch(rows: Sequence[tuple[list[int], int, int, int]], pad_id: int) -> TaskBatch:
+def to_batch(rows: Sequence[tuple[list[int], int, int, int]], pad_id: int) -> TaskBatch:
     """Stack (prompt ids, answer id, alternative id, pair id) rows, right-padding with `pad_id`."""
     n = len(rows)
     width = max((len(r[0]) for r in rows), default=1)
@@ -228,49 +352,48 @@ def encode_examples(task: BinaryTask, examples: Sequence[Example], tokenizer: To
                     block_size: int, strict: bool = False) -> TaskBatch:
     """Encode unpaired examples (pair_ids -1), e.g. natural examples mined from real code.
 
-    An answer or alternative that is not one token raises TaskTokenError, and a prompt longer than
-    `block_size` raises PromptTooLongError. An example whose answer would merge with the text around
-    it is skipped (natural text has such cases) unless `strict`, where it raises TaskTokenError; so
-    the batch can have fewer rows than `examples`.
+    A prompt longer than `block_size` raises PromptTooLongError. An example that cannot be posed
+    with this tokenizer (encode_example) is skipped (natural text has such cases) unless `strict`,
+    where it raises TaskTokenError; so the batch can have fewer rows than `examples`.
     """
     rows = []
     for ex in examples:
-        ids, answer_id, alternative_id, problem = _encode_one(task, ex, tokenizer, block_size)
-        if problem is not None:
+        try:
+            enc = encode_example(task, ex, tokenizer, block_size)
+        except PromptTooLongError:
+            raise
+        except TaskTokenError:
             if strict:
-                raise _not_next_token(task, ex, problem)
+                raise
             continue
-        rows.append((ids, answer_id, alternative_id, -1))
-    return _to_batch(rows, eot_id(tokenizer))
+        rows.append((enc.prompt_ids, enc.answer_id, enc.alternative_id, -1))
+    return to_batch(rows, eot_id(tokenizer))
 
 
 def encode_pairs(task: BinaryTask, pairs: Sequence[PromptPair], tokenizer: Tokenizer,
                  block_size: int) -> TaskBatch:
     """Encode both prompts of each pair, interleaved (a0, b0, a1, b1, ...), pair_ids = pair index.
 
-    Templated pairs must be clean: any answer that is not one token, or not the very next token of
-    the prompt in context, raises TaskTokenError naming the task, the answer and the tokenisation.
-    The one exception: tasks whose answers are names copied from the prompt (`answers is None`)
-    skip pairs whose names this tokenizer splits, as long as most pairs survive, since whether a
-    pool's name is one token depends on the corpus the tokenizer was trained on.
+    Each answer token is the one the tokenizer produces where the answer starts (encode_pair), so
+    a task poses on any byte-level BPE where its answers are single, distinct tokens there. A pair
+    where they are not is left out; when that is more than half of the pairs the task cannot be
+    posed on this tokenizer, and TaskTokenError names the task, its answer texts and how they
+    split. A prompt longer than the context raises PromptTooLongError.
     """
-    rows, skipped = [], []
+    rows, failed = [], []
     for pair in pairs:
         try:
-            encoded = [_encode_one(task, ex, tokenizer, block_size) for ex in pair.examples()]
+            encoded = encode_pair(task, pair, tokenizer, block_size)
+        except PromptTooLongError:
+            raise
         except TaskTokenError as e:
-            if task.answers is not None:
-                raise
-            skipped.append(e)
+            failed.append(e)
             continue
-        for ex, (ids, answer_id, alternative_id, problem) in zip(pair.examples(), encoded):
-            if problem is not None:
-                raise _not_next_token(task, ex, problem)
-            rows.append((ids, answer_id, alternative_id, len(rows) // 2))
-    if len(skipped) > len(pairs) // 2:
-        raise TaskTokenError(f"{len(skipped)} of {len(pairs)} pairs unusable with this tokenizer; "
-                             f"first: {skipped[0]}")
-    return _to_batch(rows, eot_id(tokenizer))
+        pair_id = len(rows) // 2
+        rows.extend((e.prompt_ids, e.answer_id, e.alternative_id, pair_id) for e in encoded)
+    if failed and len(failed) > len(pairs) // 2:
+        raise _unposable_task(task, pairs, tokenizer, failed)
+    return to_batch(rows, eot_id(tokenizer))
 
 
 # ----- metrics ------------------------------------------------------------------------------------
