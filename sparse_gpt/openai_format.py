@@ -120,16 +120,21 @@ def _unsupported(key: str, value: Any, why: str) -> OpenAIFormatError:
 
 def _afrac_locations(raw: Mapping[str, Any]) -> list[str]:
     text = _field(raw, "afrac_loctypes", "str")
-    names = [n.strip() for n in text.split(",") if n.strip()]
+    # Their model asks `name in afrac_loctypes.split(",")` for each location, entries unstripped:
+    # " mlp_neuron" (with its space) names no location there, so it names none here either.
+    names = text.split(",")
     for name in names:
         if name in _RESIDUAL_LOCTYPES:
             raise _unsupported("afrac_loctypes", text, f"AbsTopK on the residual stream ({name}) "
                                "has no place in our model")
-    unknown = [n for n in names if n not in _LOCTYPES]
+    # An empty entry (from "" or a trailing comma) matches no location there either.
+    unknown = [n for n in names if n and n not in _LOCTYPES]
     if unknown:
-        # Their model tests membership by name, so an unknown name is inert there too.
-        warnings.warn(f"{CONFIG_FILE}: afrac_loctypes names {unknown}, which no model uses; ignored",
-                      stacklevel=3)
+        spaced = [n for n in unknown if n.strip() in _LOCTYPES or n.strip() in _RESIDUAL_LOCTYPES]
+        why = (f"; {spaced} would name a location without the spaces, which their code does not "
+               f"strip" if spaced else "")
+        warnings.warn(f"{CONFIG_FILE}: afrac_loctypes names {unknown}, which no model uses; "
+                      f"ignored{why}", stacklevel=3)
     wanted = {_LOCTYPES[n] for n in names if n in _LOCTYPES}
     return [loc for loc in ACT_SPARSITY_LOCATIONS if loc in wanted]
 

@@ -311,6 +311,27 @@ def test_afrac_locations_map_both_ways():
     assert cfg.afrac_locations == ["attn_in"]
 
 
+def test_afrac_loctypes_entries_are_not_stripped(tmp_path, tok_dir):
+    # Their model compares each entry as written: " mlp_neuron" names no location, so AbsTopK
+    # runs at attn_in alone, and a model loaded from such a file computes what their forward does.
+    with pytest.warns(UserWarning, match=r"\[' mlp_neuron'\].*do(es)? not strip"):
+        cfg, _ = config_from_openai(_raw(afrac_loctypes="attn_in, mlp_neuron"))
+    assert cfg.afrac_locations == ["attn_in"]
+    with pytest.warns(UserWarning, match="' attn_k'"):
+        assert config_from_openai(_raw(afrac_loctypes="attn_q, attn_k,"))[0].afrac_locations == ["q"]
+    # a residual location with a space is just as inert there: warned, not refused
+    with pytest.warns(UserWarning, match="' resid_post_mlp'"):
+        config_from_openai(_raw(afrac_loctypes="attn_in, resid_post_mlp"))
+    model, d = _save(tmp_path, small_config(afrac_locations=list(ACT_SPARSITY_LOCATIONS)), tok_dir)
+    _rewrite_config(d, afrac_loctypes="attn_in, mlp_neuron")
+    with pytest.warns(UserWarning, match="mlp_neuron"):
+        loaded, _, _ = load_openai_model(d)
+    sd = torch.load(d / "final_model.pt", weights_only=True)
+    raw = json.loads((d / "beeg_config.json").read_text())
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(IDX), reference_forward(sd, raw, IDX), atol=1e-5, rtol=1e-5)
+
+
 # ----- broken directories --------------------------------------------------------------------
 
 
