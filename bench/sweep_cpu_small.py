@@ -193,7 +193,9 @@ def circuit_size(run_dir: Path) -> dict | None:
     d = json.loads(path.read_text())
     m = d.get("metrics") or {}
     return {"nodes": len(d["nodes"]), "edges": len(d["edges"]), "passed": m.get("passed"),
-            "circuit_loss_raw": (m.get("circuit_uncalibrated") or {}).get("loss")}
+            "circuit_loss_raw": (m.get("circuit_uncalibrated_templated") or {}).get("loss"),
+            "circuit_loss_calibrated": (m.get("circuit_templated") or {}).get("loss"),
+            "necessity_loss": (m.get("necessity") or {}).get("loss") if isinstance(m.get("necessity"), dict) else None}
 
 
 def advance(job: Job, args, deadline: float) -> None:
@@ -267,7 +269,7 @@ def fmt(x, spec=".3f") -> str:
 
 def table(rows: list[dict]) -> str:
     head = ["variant", "cpu", "stage", "step", "val", "quote(pruner)", "acc", "quote(templ)", "quote(heldout-tpl)",
-            "natural acc", "nodes", "edges", "passed"]
+            "natural acc", "nodes", "edges", "circ raw", "passed"]
     lines = [head]
     for r in rows:
         e, c, p = r.get("eval") or {}, r.get("circuit") or {}, r["progress"]
@@ -276,7 +278,8 @@ def table(rows: list[dict]) -> str:
                       fmt(e.get("val_loss", p["val_loss"])), fmt(g("pruner_heldout", "loss")),
                       fmt(g("pruner_heldout", "accuracy")), fmt(g("templated", "loss")),
                       fmt(g("heldout_templates", "loss")), fmt(g("natural", "accuracy")),
-                      str(c.get("nodes", "-")), str(c.get("edges", "-")), str(c.get("passed", "-"))])
+                      str(c.get("nodes", "-")), str(c.get("edges", "-")), fmt(c.get("circuit_loss_raw")),
+                      str(c.get("passed", "-"))])
     widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
     out = []
     for j, l in enumerate(lines):
