@@ -33,26 +33,26 @@ MAX_WIDTH = 16384  # a row must fit in one program's registers
 
 if triton is not None:
     @triton.jit
-    def _abs_topk_kernel(x_ptr, out_ptr, keep_ptr, stride_row, W, k,
-                         BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr):
-        row = tl.program_id(0).to(tl.int64)
-        offs = tl.arange(0, BLOCK)
-        inside = offs < W
-        x = tl.load(x_ptr + row * stride_row + offs, mask=inside, other=0.0)
+    def _abs_topk_kernel(x_ptr, out_ptr, keep_ptr, n_rows, stride_row, W, k,
+                         ROWS: tl.constexpr, BLOCK: tl.constexpr, NBITS: tl.constexpr, INT: tl.constexpr):
+        # ROWS rows per program: narrow rows share the reductions' latency
+        rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)[:, None]  # (ROWS, 1)
+        offs = tl.arange(0, BLOCK)[None, :]                                       # (1, BLOCK)
+        inside = (offs < W) & (rows < n_rows)
+        x = tl.load(x_ptr + rows * stride_row + offs, mask=inside, other=0.0)
         bits = tl.abs(x).to(INT, bitcast=True)
         bits = tl.where(inside, bits, -1)  # padding never counts
-        t = tl.max(bits, axis=0) * 0  # a scalar 0 of the bits' type (built from a reduction)
+        t = tl.max(bits, axis=1)[:, None] * 0  # (ROWS, 1) zeros of the bits' type (from a reduction)
         for i in tl.static_range(NBITS):
             cand = t | ((t * 0 + 1) << (NBITS - 1 - i))
-            count = tl.sum((bits >= cand).to(tl.int32), axis=0)
+            count = tl.sum((bits >= cand).to(tl.int32), axis=1)[:, None]
             t = tl.where(count >= k, cand, t)
         above = bits > t
         tied = bits == t
-        need = k - tl.sum(above.to(tl.int32), axis=0)
-        keep = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=0) <= need))
-        tl.store(out_ptr + row * W + offs, tl.where(keep, x, 0.0), mask=inside)
-        tl.store(keep_ptr + row * W + offs, keep.to(tl.uint8), mask=inside)
-
+        need = k - tl.sum(above.to(tl.int32), axis=1)[:, None]
+        keep = above | (tied & (tl.cumsum(tied.to(tl.int32), axis=1) <= need))
+        tl.store(out_ptr + rows * W + offs, tl.where(keep, x, 0.0), mask=inside)
+        tl.store(keep_ptr + rows * W + offs, keep.to(tl.uint8), mask=inside)
 
     @triton.jit
     def _block_counts_kernel(score_ptr, thr_ptr, above_ptr, tied_ptr, n, nb, BS: tl.constexpr):
@@ -147,8 +147,11 @@ def _abs_topk_rows_op(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     keep = torch.empty((rows.shape[0], W), dtype=torch.uint8, device=x.device)
     nbits, int_name = _BITS[x.dtype]
     block = triton.next_power_of_2(W)
-    _abs_topk_kernel[(rows.shape[0],)](rows, out, keep, rows.stride(0), W, k, BLOCK=block, NBITS=nbits,
-                                       INT=getattr(tl, int_name), num_warps=max(1, min(16, block // 256)))
+    n_rows = rows.shape[0]
+    per = max(1, min(16, 4096 // block))  # rows per program: about 4096 entries each
+    _abs_topk_kernel[(triton.cdiv(n_rows, per),)](
+        rows, out, keep, n_rows, rows.stride(0), W, k, ROWS=per, BLOCK=block, NBITS=nbits,
+        INT=getattr(tl, int_name), num_warps=max(1, min(16, block * per // 256)))
     return out.view(x.shape), keep.view(torch.bool).view(x.shape)
 
 
