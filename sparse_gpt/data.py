@@ -101,7 +101,7 @@ def prepare_data(cfg: DataConfig, log: Log = print, block_size: Optional[int] = 
         d.mkdir(parents=True, exist_ok=True)
         with _exclusive(d / BUILD_LOCK):
             # Another process may have built it while this one waited for the lock.
-            data, problem = _load_cache(d, manifest_hash, tokenizer_settings(cfg), lambda _: None)
+            data, problem = _load_cache(d, manifest_hash, tokenizer_settings(cfg), log, quiet=True)
             if data is None:
                 data = _build_cache(d, corpus, cfg, log, keep_tokenizer=problem != TOKENIZER_CHANGED)
     if block_size is not None:
@@ -112,9 +112,10 @@ def prepare_data(cfg: DataConfig, log: Log = print, block_size: Optional[int] = 
 
 # --- cache reading ---------------------------------------------------------------------------
 
-def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log
+def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log, quiet: bool = False
                 ) -> tuple[Optional[PreparedData], Optional[str]]:
-    """(the cached data in `d`, None) if its meta.json says it matches, else (None, the reason)."""
+    """(the cached data in `d`, None) if its meta.json says it matches, else (None, the reason).
+    `quiet` leaves the reason unlogged (when it was logged once already)."""
     meta_path = d / "meta.json"
     if not meta_path.is_file():
         return None, "no meta.json"
@@ -126,7 +127,8 @@ def _load_cache(d: Path, manifest_hash: str, settings: dict, log: Log
     except (OSError, ValueError, KeyError, TypeError) as e:  # TokenizerError is a ValueError
         problem = f"unreadable ({type(e).__name__}: {e})"
     if problem is not None:
-        log(f"data: cache {d} is stale or damaged ({problem}); rebuilding")
+        if not quiet:
+            log(f"data: cache {d} is stale or damaged ({problem}); rebuilding")
         return None, problem
     log(f"data: reusing cache {d} ({meta['train_tokens']:,} train / {meta['val_tokens']:,} val tokens)")
     return _open(d, meta, tok), None

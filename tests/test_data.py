@@ -262,3 +262,22 @@ def test_binary_documents_are_warned_about(stdlib_files, tmp_path):
     log = Log()
     prepare_data(make_cfg(stdlib_files, tmp_path / "cache"), log=log)
     assert not log.has("UTF-8")
+
+
+def test_concurrent_builders_of_one_cache_build_it_once(stdlib_files, tmp_path):
+    import subprocess
+    import sys
+    code = ("import sys; from pathlib import Path; from sparse_gpt.config import DataConfig; "
+            "from sparse_gpt.data import prepare_data; "
+            "cfg = DataConfig(source='files', path=sys.argv[1], cache_dir=sys.argv[2], vocab_size=512, "
+            "tokenizer_train_bytes=150_000, val_fraction=0.2); "
+            "d = prepare_data(cfg, log=print); print('tokens', len(d.train))")
+    root = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(stdlib_files), str(tmp_path / "cache")], cwd=root,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err for _, err in outs]
+    logs = [out for out, _ in outs]
+    assert sum("trained tokenizer" in log for log in logs) == 1, logs
+    assert sum("reusing cache" in log for log in logs) == 1, logs
+    assert len({log.strip().splitlines()[-1] for log in logs}) == 1  # the same token count
