@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 
 import numpy as np
 import torch
@@ -58,6 +59,16 @@ def _check_plain(obj, path: str = "train_state") -> None:
                               "plain values and dicts, lists and tuples of them")
 
 
+def _what_was_refused(error: Exception) -> str:
+    """The object the restricted unpickler refused, from its (long, advisory) error text."""
+    text = " ".join(str(error).split())
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:
+        return found.group(1)
+    found = re.search(r"Unsupported operand (\d+)", text)
+    return f"pickle opcode {found.group(1)}" if found else text[:200]
+
+
 def encode_train_state(state: dict) -> bytes:
     # Checked on the way in, so that what is saved can always be loaded back without pickle.
     _check_plain(state)
@@ -72,9 +83,9 @@ def decode_train_state(data: bytes, where: str = "train_state.pt") -> dict:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors share no base class
-        reason = " ".join(str(e).split())[:300]
         raise CheckpointError(f"{where} was refused: it holds something other than tensors and plain "
-                              f"data, so loading it could run code ({reason})") from e
+                              f"data ({_what_was_refused(e)}), and loading that could run code; the "
+                              f"checkpoint's weights still load, but no run can resume from it") from e
     if not isinstance(state, dict):
         raise CheckpointError(f"{where} holds a {type(state).__name__}, not a train state")
     return state

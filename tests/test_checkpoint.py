@@ -450,7 +450,7 @@ def test_a_malicious_train_state_runs_no_code(tmp_path: Path, tokenizer: Path) -
     torch.save({"step": 1, "optimizer": _CreatesFileOnLoad(marker)}, buffer)
     resign(ckpt, "train_state.pt", buffer.getvalue())
     verify_checkpoint(ckpt)  # the checksums match: they cannot tell a crafted file from a good one
-    with pytest.raises(CheckpointError, match="train_state.pt was refused"):
+    with pytest.raises(CheckpointError, match=r"train_state.pt was refused: .*\((io|builtins)\.open\)"):
         load_checkpoint(ckpt)
     with pytest.raises(CheckpointError, match="train_state.pt was refused"):
         load_train_state(ckpt)
