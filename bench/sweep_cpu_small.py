@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+# The library is imported from the checkout (a GPU machine gets the tree, not an installed package).
+sys.path.insert(0, str(ROOT))
 TASK = "single_double_quote"
 
 
@@ -73,6 +76,8 @@ VARIANTS: tuple[Variant, ...] = (
             "2 layers, wider, more tokens"),
     Variant("L6d96x1000", ("model.n_layer=6", "model.d_model=96", "train.steps=1000"), 1.08,
             "deeper and narrower"),
+    Variant("tests_in", ('data.exclude=["idlelib/*", "lib2to3/*", "pydoc_data/*"]',), 1.00,
+            "the corpus keeps the stdlib's test suite (if the interpreter ships it): more text, same steps"),
     Variant("x2", ("train.steps=1800",), 2.00, "twice the control's tokens: a trend point, over the budget"),
 )
 
@@ -161,7 +166,8 @@ def last_progress(run_dir: Path) -> dict:
 
 
 def start(job: Job, stage: str, cmd: list[str], logname: str) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    pythonpath = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1", PYTHONPATH=pythonpath)
     logf = open(job.run_dir.parent / f"{job.variant.name}.{logname}.log", "w")
     # A session of its own, so the whole process group can be killed at the deadline.
     job.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=logf, stderr=subprocess.STDOUT,
@@ -198,6 +204,17 @@ def circuit_size(run_dir: Path) -> dict | None:
             "necessity_loss": (m.get("necessity") or {}).get("loss") if isinstance(m.get("necessity"), dict) else None}
 
 
+def fixed_search_flags() -> list[str]:
+    """prune_circuit.py flags for one plain mask run: a budgeted settings search, where the script
+    has one, is switched off (it needs more time, and packages a bare GPU machine may lack)."""
+    try:
+        text = subprocess.run([sys.executable, "prune_circuit.py", "--help"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return ["--budget", "0"] if "--budget" in text else []
+
+
 def advance(job: Job, args, deadline: float) -> None:
     """Move a job whose process has ended to its next stage."""
     rc = job.proc.returncode
@@ -221,7 +238,7 @@ def advance(job: Job, args, deadline: float) -> None:
             log(f"{name}: evaluated in {elapsed:.0f}s; pruning")
             start(job, "prune", [sys.executable, "-u", "prune_circuit.py", "--checkpoint", str(job.run_dir),
                                  "--task", TASK, "--device", args.device, "--no-html", "--no-control",
-                                 "--search-runs", "1", "--no-progress"], "prune")
+                                 "--search-runs", "1", "--no-progress", *args.prune_flags], "prune")
         else:
             job.stage = "done"
             log(f"{name}: evaluated in {elapsed:.0f}s (no time left to prune)" if args.prune
@@ -251,11 +268,22 @@ def partial_eval(jobs: list[Job], args) -> None:
         job.stage = "killed in train (latest checkpoint scored)" if job.proc.returncode == 0 else "killed in train"
 
 
+def corpus_tokens(train_log: Path) -> dict:
+    """Train/validation token counts as the trainer's log states them."""
+    try:
+        text = train_log.read_text(errors="replace")
+    except OSError:
+        return {}
+    m = re.search(r"train ([\d,]+) tokens, val ([\d,]+)", text)
+    return {"train_tokens": int(m[1].replace(",", "")), "val_tokens": int(m[2].replace(",", ""))} if m else {}
+
+
 def result_row(job: Job) -> dict:
     v = job.variant
     row = {"name": v.name, "overrides": list(v.overrides), "cpu_cost": v.cpu_cost, "why": v.why,
            "stage": job.stage, "times_s": job.times, "error": job.error,
-           "progress": last_progress(job.run_dir)}
+           "progress": last_progress(job.run_dir),
+           "corpus": corpus_tokens(job.run_dir.parent / f"{v.name}.train.log")}
     ev = job.run_dir / "sweep_eval.json"
     if ev.is_file():
         row["eval"] = json.loads(ev.read_text())
@@ -304,6 +332,7 @@ def sweep(args) -> int:
     deadline = t0 + args.budget
     log(f"sweep: {len(variants)} variants on {args.device}, budget {args.budget:.0f}s, runs in {out_root}")
 
+    args.prune_flags = fixed_search_flags() if args.prune else []
     jobs = [Job(v, out_root / v.name) for v in variants]
     for job in jobs:
         cmd = [sys.executable, "-u", "train.py", "--config", args.config, "--device", args.device,
@@ -343,7 +372,7 @@ def sweep(args) -> int:
     rows = [result_row(j) for j in jobs]
     text = table(rows)
     print(text, flush=True)
-    report = {"device": args.device, "budget_s": args.budget, "wall_s": round(time.time() - t0, 1),
+    report = {"device": args.device, "budget_s": args.budget, "prune_flags": args.prune_flags, "wall_s": round(time.time() - t0, 1),
               "config": args.config, "steps_override": args.steps, "python": sys.version.split()[0],
               "variants": rows}
     try:
