@@ -6,7 +6,8 @@ replaced atomically and only ever names a renamed, complete directory. Nothing `
 ever deleted or overwritten. A process killed at any point therefore leaves ``LATEST`` absent or
 naming a checkpoint that verifies; leftovers are removed by the next save.
 
-Only one process may save into a run directory at a time: a save removes other ``.tmp-*`` dirs.
+Only one process may save into a run directory at a time, since a save removes other ``.tmp-*``
+dirs; training holds an exclusive lock on its run directory for that reason.
 The directory layout lives in checkpoint_layout.py, the weights format in checkpoint_codec.py and
 the train state in checkpoint_resume.py.
 """
