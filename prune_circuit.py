@@ -24,6 +24,10 @@ from sparse_gpt.tasks import get_task, list_tasks
 from sparse_gpt.tasks.base import TaskError
 
 
+# The main job's circuit stage (search, validation, control, pictures) fits in ~4 minutes on 2 cores.
+DEFAULT_BUDGET = 2.0
+
+
 def parse_args(argv=None):
     d = PruneConfig()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -44,7 +48,14 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=d.steps, help="mask optimisation steps per run")
     p.add_argument("--k-coef", type=float, default=d.k_coef, help="starting weight of the node-count penalty")
     p.add_argument("--lr", type=float, default=d.lr, help="mask learning rate")
-    p.add_argument("--search-runs", type=int, default=d.search_runs, help="mask runs in the k_coef/lr/seed search")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                   help="minutes for the search of each task's circuit (Optuna TPE over k_coef, lr, steps, "
+                        "schedules, init and seed, then refinement); 0 runs the fixed --search-runs search")
+    p.add_argument("--search-runs", type=int, default=None,
+                   help=f"mask runs in the fixed k_coef/lr/seed search with --budget 0 (default {d.search_runs}); "
+                        "with a budget, the most trials the search may run")
+    p.add_argument("--no-refine", action="store_true",
+                   help="skip the greedy removal and retraining inside the discretised circuit")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for prompts and masks")
     p.add_argument("--no-control", action="store_true", help="skip the nonsense-task control")
     p.add_argument("--no-html", action="store_true",
@@ -58,7 +69,7 @@ def fmt(x, spec=".3f"):
 
 
 HEAD = ["task", "full loss", "full acc", "circuit loss (raw/cal)", "nodes", "edges", "necessity", "random",
-        "natural acc (full/circ)", "passed"]
+        "natural acc (full/raw/cal)", "passed"]
 
 
 def table_row(task: str, result: Metrics | Score) -> list[str]:
@@ -69,8 +80,9 @@ def table_row(task: str, result: Metrics | Score) -> list[str]:
                 "full model above target"]
     m = result
     full, circuit = m.full["templated"], m.circuit["templated"]
-    nat = f"{m.full['natural'].accuracy:.2f}/{m.circuit['natural'].accuracy:.2f}" if "natural" in m.full else "-"
-    return [task, fmt(full.loss), fmt(full.accuracy, ".2f"), f"{fmt(m.circuit_uncalibrated.loss)}/{fmt(circuit.loss)}",
+    nat = (f"{m.full['natural'].accuracy:.2f}/{m.circuit_uncalibrated['natural'].accuracy:.2f}/"
+           f"{m.circuit['natural'].accuracy:.2f}" if "natural" in m.full else "-")
+    return [task, fmt(full.loss), fmt(full.accuracy, ".2f"), f"{fmt(m.circuit_uncalibrated['templated'].loss)}/{fmt(circuit.loss)}",
             str(m.nodes), str(m.edges), fmt(m.necessity.loss), fmt(m.random.mean), nat, "yes" if m.passed else "NO"]
 
 
@@ -87,7 +99,9 @@ def prune_config(args) -> PruneConfig:
     return PruneConfig(target_loss=args.target_loss, ablation=args.ablation, mask=args.mask,
                        target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
                        natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
-                       search_runs=args.search_runs, seed=args.seed)
+                       search_runs=args.search_runs or PruneConfig.search_runs, max_trials=args.search_runs or 0,
+                       seed=args.seed, budget=args.budget,
+                       refine=not args.no_refine)
 
 
 def print_summary(rows: list[tuple[str, Metrics | Score]], failed: list[str]) -> list[Metrics]:
@@ -138,8 +152,12 @@ def main(argv=None) -> int:
             continue
         m = circuit.metrics
         rows.append((name, m))
-        print(f"{name}: {m.nodes} nodes, {m.edges} edges, circuit loss {m.circuit['templated'].loss:.3f} "
-              f"({m.seconds:.0f} s) -> {out / name / 'circuit.json'}", file=sys.stderr)
+        print(f"{name}: {m.nodes} nodes, {m.edges} edges, raw circuit loss "
+              f"{m.circuit_uncalibrated['templated'].loss:.3f} ({m.seconds:.0f} s) -> {out / name / 'circuit.json'}",
+              file=sys.stderr)
+        failing = [k for k, ok in m.checks.items() if not ok]
+        if failing:
+            print(f"{name}: checks not met: {', '.join(failing)}", file=sys.stderr)
     return 0 if print_summary(rows, failed) else 1
 
 

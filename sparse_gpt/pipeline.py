@@ -71,8 +71,10 @@ class CircuitPipeline:
     def control(self, progress: bool = True) -> Control:
         """Size of the circuit the pruner builds for a nonsense task (computed once per model)."""
         if self._control is None:
+            # one run of the configured settings, repaired and discretised like the task's own runs
+            # (no search: it would spend the main job's budget on a circuit that should not exist)
             pruner = self.pruner(CONTROL_TASK, require_full=False)
-            best, _ = pruner.search(progress=progress)
+            best = pruner.run(progress=progress, desc=CONTROL_TASK)
             self._control = Control(task=CONTROL_TASK, nodes=best.n_nodes, loss=best.loss,
                                     calibrated_loss=best.calibration.loss, full_loss=pruner.full_loss,
                                     reached_target=best.loss <= self.cfg.target_loss)
@@ -96,7 +98,7 @@ class CircuitPipeline:
         """Prune, validate and write out_dir/circuit.json for one task, with circuit.png/.svg and
         (unless viewer=False) the interactive circuit.html beside it; returns the circuit."""
         t0 = time.perf_counter()
-        best, runs = self.pruner(task_name).search(progress=progress)
+        best, runs = self.pruner(task_name).search(progress=progress, log=self.log)
         circuit = self._circuit(task_name, best)
         metrics = evaluate_circuit(self.loaded.model, circuit, get_task(task_name), self.loaded.tokenizer,
                                    self.means, natural_texts=self.natural_texts)

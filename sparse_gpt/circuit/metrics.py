@@ -44,7 +44,7 @@ class Metrics:
     edges: int
     full: dict[str, Score]              # the full model, by split (templated, heldout[, natural])
     circuit: dict[str, Score]           # the calibrated circuit, by split
-    circuit_uncalibrated: Score         # the circuit on the templated prompts, without calibration
+    circuit_uncalibrated: dict[str, Score]  # the raw circuit (no calibration), by split: what "passed" judges
     necessity: Score                    # the full model with only the circuit ablated
     random: RandomBaseline
     final_resid_rms_ratio: float | None
@@ -54,6 +54,8 @@ class Metrics:
     total_nodes: int | None = None
     control: Control | None = None
     seconds: float | None = None
+    faithfulness: dict | None = None    # the faithfulness curve over the node ranking (circuit.faithfulness)
+    variants: dict | None = None        # the circuit's size under other ablation rules, beside the default
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"target_loss": self.target_loss, "nodes": self.nodes, "edges": self.edges}
@@ -61,12 +63,14 @@ class Metrics:
             if split in self.full:
                 out[f"full_{split}"] = self.full[split].to_dict()
                 out[f"circuit_{split}"] = self.circuit[split].to_dict()
-        out |= {"circuit_uncalibrated_templated": self.circuit_uncalibrated.to_dict(),
-                "necessity": self.necessity.to_dict(), "random": asdict(self.random)}
+        for split in SPLITS:
+            if split in self.circuit_uncalibrated:
+                out[f"circuit_uncalibrated_{split}"] = self.circuit_uncalibrated[split].to_dict()
+        out |= {"necessity": self.necessity.to_dict(), "random": asdict(self.random)}
         if self.final_resid_rms_ratio is not None:
             out["final_resid_rms_ratio"] = self.final_resid_rms_ratio
         out |= {"checks": self.checks, "passed": self.passed}
-        for key in ("search", "total_nodes", "control", "seconds"):
+        for key in ("search", "total_nodes", "control", "seconds", "faithfulness", "variants"):
             value = getattr(self, key)
             if value is not None and not (key == "search" and not value):
                 out[key] = asdict(value) if key == "control" else value
@@ -82,12 +86,14 @@ class Metrics:
             full = {s: score(f"full_{s}") for s in SPLITS if f"full_{s}" in d}
             return cls(target_loss=d["target_loss"], nodes=d["nodes"], edges=d["edges"], full=full,
                        circuit={s: score(f"circuit_{s}") for s in full},
-                       circuit_uncalibrated=score("circuit_uncalibrated_templated"), necessity=score("necessity"),
+                       circuit_uncalibrated={s: score(f"circuit_uncalibrated_{s}") for s in SPLITS
+                                             if f"circuit_uncalibrated_{s}" in d or s == "templated"},
+                       necessity=score("necessity"),
                        random=RandomBaseline(**d["random"]), final_resid_rms_ratio=d.get("final_resid_rms_ratio"),
                        checks=d["checks"], passed=d["passed"], search=d.get("search", []),
                        total_nodes=d.get("total_nodes"),
                        control=Control(**d["control"]) if d.get("control") is not None else None,
-                       seconds=d.get("seconds"))
+                       seconds=d.get("seconds"), faithfulness=d.get("faithfulness"), variants=d.get("variants"))
         except KeyError as e:
             raise MetricsError(f"metrics without {e.args[0]!r}") from None
         except TypeError as e:
@@ -96,4 +102,4 @@ class Metrics:
     @staticmethod
     def known_keys() -> set[str]:
         flat = {f.name for f in fields(Metrics)} - {"full", "circuit", "circuit_uncalibrated"}
-        return flat | {f"{w}_{s}" for w in ("full", "circuit") for s in SPLITS} | {"circuit_uncalibrated_templated"}
+        return flat | {f"{w}_{s}" for w in ("full", "circuit", "circuit_uncalibrated") for s in SPLITS}

@@ -47,15 +47,20 @@ class HeavisideMask(nn.Module):
     """One learnable tau per node; gate = H(tau) with a sigmoid-derivative surrogate gradient."""
 
     def __init__(self, layout: NodeLayout, init_bias: float = 0.1, init_noise: float = 1e-2,
-                 temperature: float = 1.0, tie_qk: bool = False, generator: torch.Generator | None = None):
+                 temperature: float = 1.0, tie_qk: bool = False, generator: torch.Generator | None = None,
+                 allowed: torch.Tensor | None = None):
         super().__init__()
         tau = init_bias + init_noise * torch.randn(layout.n_nodes, generator=generator)
         self.tau = nn.Parameter(tau)
         self.temperature = temperature
         self.register_buffer("source", qk_source_index(layout, tie_qk), persistent=False)
+        # `allowed` restricts the mask to a node set (refinement retrains inside a circuit): the
+        # others stay off whatever their tau, and rank below every allowed node
+        self.register_buffer("allowed", None if allowed is None else allowed.float(), persistent=False)
 
     def gates(self) -> torch.Tensor:
-        return HeavisideSTE.apply(self.tau, self.temperature)[self.source]
+        g = HeavisideSTE.apply(self.tau, self.temperature)[self.source]
+        return g if self.allowed is None else g * self.allowed
 
     def penalty(self) -> torch.Tensor:
         """Differentiable number of active nodes."""
@@ -63,7 +68,8 @@ class HeavisideMask(nn.Module):
 
     def scores(self) -> torch.Tensor:
         """Ranking used by the discretisation: higher = more important."""
-        return self.tau.detach()[self.source]
+        s = self.tau.detach()[self.source]
+        return s if self.allowed is None else torch.where(self.allowed > 0, s, s - 10.0)
 
     @torch.no_grad()
     def clamp_(self) -> None:
@@ -136,10 +142,12 @@ def _mix(x: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor) -> torch.Tenso
 def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
           norm_scales: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
     """Run `model` with node gates (N,) applied at every node location; pruned nodes take `means`.
+    Gates of shape (B, 1, N) give every row of the batch its own node set (many candidate circuits
+    in one forward).
 
     norm_scales (from record_norm_scales) freezes every RMSNorm's 1/rms at the unpruned model's
     values, so the final norm cannot amplify a shrunken residual."""
-    replace = {loc.name: (lambda x, g=gates[loc.slice], m=means[loc.slice]: _mix(x, g.to(x.dtype), m.to(x.dtype)))
+    replace = {loc.name: (lambda x, g=gates[..., loc.slice], m=means[loc.slice]: _mix(x, g.to(x.dtype), m.to(x.dtype)))
                for loc in layout.locations}
     with ExitStack() as stack:
         stack.enter_context(model.hooks(replace=replace))

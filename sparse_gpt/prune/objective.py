@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass
 import torch
 
 from ..nodes import NodeLayout
-from ..tasks.base import TaskBatch, oriented_logit_diff, scored_logits, two_way_accuracy, two_way_loss
+import torch.nn.functional as F
+
+from ..tasks.base import (TaskBatch, length_chunks, oriented_logit_diff, scored_logits, two_way_accuracy,
+                          two_way_loss)
 from .masks import gated, record_norm_scales
 
 
@@ -61,6 +64,19 @@ def calibrate(z: torch.Tensor, y: torch.Tensor, steps: int = 16) -> Calibration:
     return Calibration(1.0, 0.0, base)
 
 
+def held_out_calibration(fit: tuple[torch.Tensor, torch.Tensor],
+                         judge: tuple[torch.Tensor, torch.Tensor]) -> Calibration:
+    """A calibration fitted on one batch's (z, y) and judged on another's: kept only if it does not
+    raise the judging batch's loss (a scale and bias fitted on one batch can make another worse).
+    Its `loss` is the judging batch's loss with what is kept."""
+    cal = calibrate(*fit)
+    raw = two_way_loss(*judge).item()
+    held = two_way_loss(*judge, cal.scale, cal.bias).item()
+    if math.isfinite(held) and held <= raw:
+        return Calibration(cal.scale, cal.bias, held)
+    return Calibration(1.0, 0.0, raw)
+
+
 def answer_logits(model, batch: TaskBatch, frozen_norms: bool = False) -> torch.Tensor:
     """(N, V) logits at each prompt's scored position, in one forward pass over a trimmed batch.
 
@@ -106,3 +122,35 @@ class Evaluator:
         z, y = oriented_logit_diff(self.logits(batch, gates), batch)
         cal = (calibration.scale, calibration.bias)
         return Score(two_way_loss(z, y, *cal).item(), two_way_accuracy(z, y, *cal).item(), len(batch))
+
+    @torch.no_grad()
+    def losses_many(self, batch: TaskBatch, gate_sets: torch.Tensor, max_rows: int = 512) -> torch.Tensor:
+        """(C,) raw task loss of C node sets (gate_sets: (C, N)) on `batch`, several node sets per
+        forward: the batch is repeated once per set and each row gets its set's gates, so trying
+        many removals costs a few large forwards instead of one small forward each."""
+        C = len(gate_sets)
+        per_row = torch.zeros(C, len(batch), device=gate_sets.device)
+        for rows, part in length_chunks(batch, max(1, max_rows // max(1, C))):
+            n = len(part)
+            step = max(1, max_rows // n)  # node sets per forward
+            for c0 in range(0, C, step):
+                sets = gate_sets[c0:c0 + step]
+                k = len(sets)
+                rep = part.select(torch.arange(n, device=part.tokens.device).repeat(k))
+                gates = sets.repeat_interleave(n, 0)[:, None, :]
+                logits = gated_answer_logits(self.model, self.layout, rep, gates, self.ablate_to, self.freeze_norms)
+                z, y = oriented_logit_diff(logits, rep)
+                per_row[c0:c0 + k, rows.to(per_row.device)] = F.binary_cross_entropy_with_logits(
+                    z, y, reduction="none").view(k, n).to(per_row.dtype)
+        return per_row.mean(1)
+
+    def removal_estimates(self, batch: TaskBatch, keep: torch.Tensor) -> torch.Tensor:
+        """(N,) first-order estimate of the raw loss change when each kept node is removed: minus
+        the gradient of the loss with respect to the node's gate (one forward and backward)."""
+        gates = keep.float().clone().requires_grad_(True)
+        total = gates.new_zeros(())
+        for rows, part in length_chunks(batch, self.chunk):
+            logits = gated_answer_logits(self.model, self.layout, part, gates, self.ablate_to, self.freeze_norms)
+            total = total + two_way_loss(*oriented_logit_diff(logits, part)) * len(part)
+        (grad,) = torch.autograd.grad(total / len(batch), gates)
+        return -grad.detach()

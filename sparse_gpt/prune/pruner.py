@@ -1,9 +1,13 @@
-"""The pruning optimiser: learn node masks, discretise by bisection, calibrate.
+"""The pruning optimiser: learn node masks, repair, discretise by bisection, calibrate.
 
-One run: train a mask (task loss + k_coef x active nodes) on templated prompt pairs, rank nodes by
-their mask parameter, find the fewest top-ranked nodes whose task loss on fixed held-out batches
-meets the target, then fit a scale and bias of the two-way logit difference. `search` repeats runs
-with adapted k_coef / lr / seed and keeps the smallest circuit that meets the target.
+One run: train a mask (task loss + k_coef x active nodes) on templated prompt pairs. A mask whose
+kept nodes just miss the target is repaired: training continues from it with a lower penalty,
+so the nodes it adds back are ones the task asks for (the ranking below the kept nodes is noise,
+and a bisection down that ranking can grow a circuit 40x). Then rank nodes by their mask
+parameter, find the fewest top-ranked nodes whose raw task loss on a fixed held-out batch meets
+the target, and fit a scale and bias of the two-way logit difference on another batch, kept only
+if it does not raise the held-out loss. `search` repeats runs with adapted k_coef / lr / seed and
+keeps the smallest circuit (sparse_gpt.prune.search searches within a time budget).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from tqdm import tqdm
 from ..nodes import ABLATIONS, NodeLayout, ablation_values
 from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff, two_way_loss
 from .masks import HardConcreteMask, HeavisideMask
-from .objective import Calibration, Evaluator, Score, calibrate, gated_answer_logits
+from .objective import Calibration, Evaluator, Score, gated_answer_logits, held_out_calibration
 
 
 class TargetUnreachableError(ValueError):
@@ -48,6 +52,15 @@ class PruneConfig:
     init_bias: float = 0.1
     init_noise: float = 1e-2
     temperature: float = 1.0
+    temperature_final: float | None = None  # anneal the surrogate's temperature geometrically to this
+    k_warmup: float = 0.0           # share of the steps over which the penalty ramps up from zero
+    retrain_rounds: int = 2         # continued trainings (penalty / 4 each) of a mask that misses the target
+    repair_rounds: int = 20         # rounds adding back ~10% of nodes (by gradient) to a mask that misses the target
+    refine: bool = True             # greedy removal + retraining inside the circuit after discretisation
+    refine_steps: int = 100         # mask steps of that retraining
+    refine_pairs: int = 32          # pairs of the batch that screens candidate removals
+    budget: float = 0.0             # minutes for the whole search (0: the fixed k_coef/lr/seed search)
+    max_trials: int = 0             # budgeted search: stop after this many trials too (0: the budget alone)
     natural_frac: float = 0.0       # share of each batch taken from natural examples (if the task has them)
     pool_pairs: int = 512           # templated pairs the masks train on
     eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
@@ -63,6 +76,12 @@ class PruneConfig:
             raise ValueError(f"target loss must be positive, got {self.target_loss}")
         if not 0 <= self.natural_frac < 1:
             raise ValueError(f"natural_frac must be in [0, 1), got {self.natural_frac}")
+        if not 0 <= self.k_warmup < 1:
+            raise ValueError(f"k_warmup must be in [0, 1), got {self.k_warmup}")
+        if self.budget < 0 or not math.isfinite(self.budget):
+            raise ValueError(f"budget must be a non-negative number of minutes, got {self.budget}")
+        if self.steps < 1 or self.refine_steps < 0 or self.repair_rounds < 0 or self.retrain_rounds < 0:
+            raise ValueError("steps must be positive, refine_steps and repair_rounds non-negative")
         return self
 
 
@@ -78,6 +97,7 @@ class PruneRun:
     calibration: Calibration
     seconds: float
     history: list[dict] = field(default_factory=list)
+    stages: list[dict] = field(default_factory=list)  # nodes and raw held-out loss after each stage
 
     @property
     def n_nodes(self) -> int:
@@ -92,7 +112,7 @@ class PruneRun:
         return {"k_coef": self.settings.k_coef, "lr": self.settings.lr, "seed": self.settings.seed,
                 "nodes": self.n_nodes, "n_positive": self.n_positive, "loss_positive": self.loss_positive,
                 "loss": self.loss, "calibrated_loss": self.calibration.loss, "converged": self.converged,
-                "seconds": round(self.seconds, 1)}
+                "seconds": round(self.seconds, 1), "stages": self.stages}
 
 
 def top_k_gates(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -123,6 +143,9 @@ class Pruner:
                 raise ValueError(f"--natural-frac {cfg.natural_frac}: task {task.name} has no natural examples")
             self.natural = encode_examples(task, examples, tokenizer, block).to(device)
         self.eval = Evaluator(model, layout, self.ablate_to, cfg.freeze_norms)
+        # calibration is fitted here and judged on `heldout`; refinement judges on both
+        self.calib = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 2, split="prune"))
+        self.screen = enc(task.pairs(cfg.refine_pairs, seed=cfg.seed + 3, split="prune"))
         full = self.eval.metrics(self.heldout, None)
         self.full_loss = full.loss
         # Controls (nonsense tasks) skip this check: the pruner may build a mechanism the model lacks.
@@ -144,13 +167,13 @@ class Pruner:
             batch = _concat(batch, self.natural.select(nat_rows))
         return batch
 
-    def _make_mask(self, gen: torch.Generator):
-        c = self.cfg
-        if c.mask == "hard_concrete":
+    def _make_mask(self, settings: PruneConfig, gen: torch.Generator, allowed: torch.Tensor | None = None):
+        c = settings
+        if c.mask == "hard_concrete" and allowed is None:
             return HardConcreteMask(self.layout, c.target_size, init_noise=c.init_noise, tie_qk=c.tie_qk,
                                     generator=gen).to(self.device)
-        return HeavisideMask(self.layout, c.init_bias, c.init_noise, c.temperature, c.tie_qk,
-                             generator=gen).to(self.device)
+        return HeavisideMask(self.layout, c.init_bias, c.init_noise, c.temperature, c.tie_qk, generator=gen,
+                             allowed=None if allowed is None else allowed.to(self.device)).to(self.device)
 
     def _step(self, mask, opt, batch: TaskBatch, k_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimiser step on the mask; returns the task loss and the gates it was taken at."""
@@ -169,37 +192,110 @@ class Pruner:
         opt.step()
         return task_loss, gates
 
-    def run(self, k_coef: float | None = None, lr: float | None = None, seed: int | None = None,
-            progress: bool = True, desc: str = "masks") -> PruneRun:
-        c = self.cfg
-        settings = replace(c, k_coef=c.k_coef if k_coef is None else k_coef, lr=c.lr if lr is None else lr,
-                           seed=c.seed if seed is None else seed)
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(settings.seed)
-        mask = self._make_mask(gen)
-        opt = torch.optim.AdamW(mask.parameters(), lr=settings.lr, betas=(0.9, c.beta2), weight_decay=c.weight_decay)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / c.steps)
+    def train_mask(self, mask, settings: PruneConfig, steps: int, k_coef: float, gen: torch.Generator,
+                   progress: bool = False, desc: str = "masks", report=None, first_step: int = 0) -> list[dict]:
+        """`steps` optimiser steps on `mask` (task loss + k_coef x active nodes, the penalty ramped in
+        over the first k_warmup of the steps, the surrogate's temperature annealed if asked).
+        `report(step, task_loss, active)` is called every 20 steps; it may raise to stop the run."""
+        c = settings
+        opt = torch.optim.AdamW(mask.parameters(), lr=c.lr, betas=(0.9, c.beta2), weight_decay=c.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
+        t0, t1 = c.temperature, c.temperature_final if c.temperature_final is not None else c.temperature
         history = []
-        bar = tqdm(range(c.steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
         with _frozen_parameters(self.model):  # gradients flow to the mask only
             for step in bar:
+                frac = step / steps
                 if isinstance(mask, HardConcreteMask):
-                    mask.set_progress(step / c.steps)
-                task_loss, gates = self._step(mask, opt, self._sample(gen), settings.k_coef)
+                    mask.set_progress(frac)
+                if isinstance(mask, HeavisideMask):
+                    mask.temperature = t0 * (t1 / t0) ** frac
+                ramp = min(1.0, frac / c.k_warmup) if c.k_warmup > 0 else 1.0
+                task_loss, gates = self._step(mask, opt, self._sample(gen), k_coef * ramp)
                 sched.step()
                 mask.clamp_()
-                if step % 20 == 0 or step == c.steps - 1:
+                if step % 20 == 0 or step == steps - 1:
                     active = int((gates.detach() > 0.5).sum())
-                    history.append({"step": step, "task_loss": task_loss.item(), "active": active})
+                    history.append({"step": first_step + step, "task_loss": task_loss.item(), "active": active})
                     bar.set_postfix(loss=f"{task_loss.item():.3f}", active=active, refresh=False)
+                    if report is not None:
+                        report(first_step + step, task_loss.item(), active)
         bar.close()
+        return history
+
+    def run(self, k_coef: float | None = None, lr: float | None = None, seed: int | None = None,
+            progress: bool = True, desc: str = "masks", settings: PruneConfig | None = None,
+            report=None) -> PruneRun:
+        """Train, repair, discretise, calibrate (no refinement: see sparse_gpt.prune.refine)."""
+        c = self.cfg
+        if settings is None:
+            settings = replace(c, k_coef=c.k_coef if k_coef is None else k_coef, lr=c.lr if lr is None else lr,
+                               seed=c.seed if seed is None else seed)
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(settings.seed)
+        mask = self._make_mask(settings, gen)
+        history = self.train_mask(mask, settings, settings.steps, settings.k_coef, gen, progress, desc, report)
         mask.eval()
-        return self.discretise(mask.scores().cpu(), settings, time.perf_counter() - t0, history)
+        k, step, retrained = settings.k_coef, settings.steps, []
+        for _ in range(settings.retrain_rounds if isinstance(mask, HeavisideMask) else 0):
+            scores = mask.scores().cpu()
+            n_pos = int((scores > 0).sum())
+            loss = self.eval.loss(self.heldout, (scores > 0).float().to(self.device)) if n_pos else math.inf
+            retrained.append({"stage": "trained" if not retrained else "retrained", "nodes": n_pos, "loss": loss})
+            if loss <= settings.target_loss:
+                break
+            # it missed: switched-off nodes sit at the clamp, too far for a short run to bring back,
+            # so they restart just below the threshold and training goes on with a quarter of the penalty
+            with torch.no_grad():
+                mask.tau[mask.tau <= 0] = -0.02
+            k /= 4
+            steps = max(1, settings.steps // 2)
+            history += self.train_mask(mask, settings, steps, k, gen, progress, f"{desc} (repair)", report, step)
+            step += steps
+        scores, stages = self.repair(mask.scores().cpu(), settings, "retrained" if len(retrained) > 1 else "trained")
+        stages = retrained[:-1] + stages
+        run = self.discretise(scores, settings, time.perf_counter() - t0, history)
+        run.stages = stages + [{"stage": "discretised", "nodes": run.n_nodes, "loss": run.loss}]
+        return run
+
+    def repair(self, scores: torch.Tensor, settings: PruneConfig, label: str = "trained"
+               ) -> tuple[torch.Tensor, list[dict]]:
+        """Scores whose positive part meets the target: while the mask's kept nodes (score > 0)
+        miss it, add back the tenth (at least 4) of the others that the task's gradient with
+        respect to their gates says would lower the loss most, and judge again on the held-out
+        pairs. The nodes a trained mask switched off all sit at the same clamped score, so the
+        ranking below the kept ones is noise; the gradient at the kept set is not."""
+        keep = scores > 0
+        loss = self.eval.loss(self.heldout, keep.float().to(self.device)) if keep.any() else math.inf
+        stages = [{"stage": label, "nodes": int(keep.sum()), "loss": loss}]
+        rounds = 0
+        while loss > settings.target_loss and rounds < settings.repair_rounds and not keep.all():
+            gain = self.eval.removal_estimates(self.screen, keep.to(self.device)).cpu()  # -dL/dgate
+            gain[keep] = -math.inf
+            m = min(int((~keep).sum()), max(4, int(0.1 * keep.sum())))
+            keep[gain.argsort(descending=True)[:m]] = True
+            loss = self.eval.loss(self.heldout, keep.float().to(self.device))
+            rounds += 1
+            stages.append({"stage": "repaired", "nodes": int(keep.sum()), "loss": loss})
+        if rounds:
+            # kept nodes first in their old order, the added ones after them, then the rest
+            lo, hi = scores.min(), scores.max()
+            scores = torch.where(keep, torch.where(scores > 0, scores + (hi - lo) + 2, scores - lo + 1),
+                                 scores - (hi - lo) - 2)
+        return scores, stages
 
     # -- discretisation --
 
     def loss_at(self, scores: torch.Tensor, k: int) -> float:
         return self.eval.loss(self.heldout, top_k_gates(scores, k).to(self.device))
+
+    def calibration_of(self, keep: torch.Tensor) -> Calibration:
+        """Scale and bias fitted on the calibration batch, kept only if they do not raise the
+        held-out batch's loss."""
+        gates = keep.float().to(self.device)
+        fit = oriented_logit_diff(self.eval.logits(self.calib, gates), self.calib)
+        judge = oriented_logit_diff(self.eval.logits(self.heldout, gates), self.heldout)
+        return held_out_calibration(tuple(t.cpu() for t in fit), tuple(t.cpu() for t in judge))
 
     def discretise(self, scores: torch.Tensor, settings: PruneConfig, seconds: float, history: list) -> PruneRun:
         """Fewest top-ranked nodes meeting the target on the held-out batch.
@@ -230,26 +326,17 @@ class Pruner:
             else:
                 lo = mid
         keep = top_k_gates(scores, hi).bool()
-        loss = f(hi)
-        z, y = oriented_logit_diff(self.eval.logits(self.heldout, keep.float().to(self.device)), self.heldout)
         return PruneRun(settings=settings, scores=scores, keep=keep, n_positive=n_pos, loss_positive=loss_pos,
-                        curve=sorted(curve.items()), loss=loss, calibration=calibrate(z.cpu(), y.cpu()),
+                        curve=sorted(curve.items()), loss=f(hi), calibration=self.calibration_of(keep),
                         seconds=seconds, history=history)
 
     # -- the built-in search --
 
-    def search(self, progress: bool = True) -> tuple[PruneRun, list[PruneRun]]:
-        """Adapt k_coef between runs: up after a run whose mask met the target (try smaller), down
-        after one that collapsed; keep the smallest circuit. Learning rate and seed vary per run."""
-        k_coef, runs = self.cfg.k_coef, []
-        for i in range(self.cfg.search_runs):
-            lr = self.cfg.lr * (1.0 if i % 2 == 0 else 0.5)
-            run = self.run(k_coef=k_coef, lr=lr, seed=self.cfg.seed + i, progress=progress,
-                           desc=f"{self.task.name} run {i + 1}/{self.cfg.search_runs}")
-            runs.append(run)
-            k_coef = k_coef * 3 if run.converged else k_coef / 3
-        best = min(runs, key=lambda r: (r.n_nodes, r.loss))
-        return best, runs
+    def search(self, progress: bool = True, log=None) -> tuple[PruneRun, list[PruneRun]]:
+        """The smallest circuit the configured search finds (sparse_gpt.prune.search): within
+        cfg.budget minutes if set, else cfg.search_runs adaptive runs; then refined."""
+        from .search import search  # the search builds on this module
+        return search(self, progress, log)
 
 
 @contextmanager

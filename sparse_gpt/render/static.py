@@ -19,7 +19,7 @@ def _title(circuit: Circuit) -> str:
     m = circuit.metrics
     losses = ""
     if m is not None:
-        losses = f"; full loss {m.full['templated'].loss:.3f}, circuit loss {m.circuit_uncalibrated.loss:.3f}"
+        losses = f"; full loss {m.full['templated'].loss:.3f}, circuit loss {m.circuit_uncalibrated['templated'].loss:.3f}"
     return (f"{circuit.task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges{losses}\n"
             "residual channels as vertical lines; edges red = positive, blue = negative, width ~ |weight|")
 

@@ -122,7 +122,7 @@ def _summary(circuit: Circuit, details: NodeDetails | None) -> str:
     prov = circuit.provenance
     parts = [f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges"]
     if m is not None:
-        parts.append(f"circuit loss {m.circuit_uncalibrated.loss:.3f} raw / {m.circuit['templated'].loss:.3f} "
+        parts.append(f"circuit loss {m.circuit_uncalibrated['templated'].loss:.3f} raw / {m.circuit['templated'].loss:.3f} "
                      f"calibrated; full model {m.full['templated'].loss:.3f}")
         parts.append(f"circuit ablated: {m.necessity.loss:.3f}; random node sets: {m.random.mean:.3f}")
         parts.append("checks: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in m.checks.items()))

@@ -1,0 +1,127 @@
+"""Refinement of a discretised circuit: exact greedy removal, then a short retraining inside it.
+
+A trained mask's discretisation keeps every node its ranking put above the cut, including nodes
+the task does not need once the rest is fixed. Greedy removal drops nodes one batch at a time,
+judging every removal by the exact raw task loss (no calibration) on held-out pairs; candidates are
+ordered by a first-order estimate (the gradient with respect to the node's gate) and screened on a
+small batch, many per forward, so a round costs a few large forwards rather than one per node.
+A retraining of masks restricted to the kept set then lets the penalty trade nodes against each
+other with the rest of the model fixed, and a second greedy pass cleans up after it.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import torch
+
+from ..tasks.base import TaskBatch
+from .objective import Evaluator
+from .pruner import Pruner, PruneRun, _concat, top_k_gates
+
+
+def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
+    """(C, N) gate sets: `keep` minus each entry of `drop` (each a tensor of node indices)."""
+    sets = keep.float().repeat(len(drop), 1)
+    for i, d in enumerate(drop):
+        sets[i, d] = 0.0
+    return sets
+
+
+def greedy_remove(ev: Evaluator, screen: TaskBatch, judge: TaskBatch, keep: torch.Tensor, target: float,
+                  width: int = 16, deadline: float = math.inf, max_rounds: int = 200) -> torch.Tensor:
+    """The kept set after greedy removal: a node goes when the raw loss on `judge` stays <= target.
+
+    Each round screens the `width` most promising kept nodes (by first-order estimate, among those
+    not yet refused) on `screen` one at a time, then tries removing the passing ones together, in
+    growing prefixes, and keeps the largest prefix that also passes on `judge`. A node refused on
+    `judge` is not tried again. Stops when no candidate passes, or at `deadline` (perf_counter)."""
+    device = keep.device
+    keep = keep.clone()
+    refused = torch.zeros_like(keep)
+    for _ in range(max_rounds):
+        if time.perf_counter() > deadline:
+            break
+        est = ev.removal_estimates(screen, keep)
+        order = [i for i in est.argsort().tolist() if keep[i] and not refused[i]]
+        if not order:
+            break
+        cands = order[:width]
+        single = ev.losses_many(screen, _without(keep, [torch.tensor([i]) for i in cands]))
+        passing = [cands[j] for j in single.argsort().tolist() if single[j] <= target]
+        if not passing:
+            refused[cands] = True  # none of these can go on their own now
+            continue
+        prefixes = [torch.tensor(passing[:j], device=device) for j in range(1, len(passing) + 1)]
+        cumulative = ev.losses_many(screen, _without(keep, prefixes))
+        fit = [j for j in range(len(prefixes)) if cumulative[j] <= target]
+        # verify the largest screened prefix and a few smaller ones on the judging batch
+        tries = sorted({fit[-1] if fit else 0, (fit[-1] if fit else 0) // 2, 0}, reverse=True)
+        judged = ev.losses_many(judge, _without(keep, [prefixes[j] for j in tries]))
+        ok = [j for j, loss in zip(tries, judged.tolist()) if loss <= target]
+        if ok:
+            keep[prefixes[ok[0]]] = False
+        else:
+            refused[passing[0]] = True
+    return keep
+
+
+def retrain_within(pruner: Pruner, run: PruneRun, keep: torch.Tensor, judge: TaskBatch,
+                   k_mult: float = 3.0) -> torch.Tensor:
+    """A mask trained again on the circuit's nodes only (the rest stays ablated), with a stronger
+    penalty; returns the fewest of its top-ranked nodes meeting the target on `judge`, or `keep`
+    itself if none smaller does."""
+    s = run.settings
+    if s.refine_steps == 0:
+        return keep
+    gen = torch.Generator().manual_seed(s.seed + 7919)
+    mask = pruner._make_mask(s, gen, allowed=keep)
+    pruner.train_mask(mask, s, s.refine_steps, s.k_coef * k_mult, gen)
+    scores = mask.scores().cpu()
+    n_keep = int(keep.sum())
+    loss = lambda k: pruner.eval.loss(judge, top_k_gates(scores, k).to(pruner.device))  # noqa: E731
+    hi = min(n_keep, int((scores > 0).sum()))
+    if hi == 0 or loss(hi) > s.target_loss:
+        return keep
+    lo = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss(mid) <= s.target_loss:
+            hi = mid
+        else:
+            lo = mid
+    return top_k_gates(scores, hi).bool()
+
+
+def refine(pruner: Pruner, run: PruneRun, deadline: float = math.inf) -> PruneRun:
+    """`run` after greedy removal, retraining inside the circuit and a second greedy removal, each
+    judged on the raw loss of the held-out and calibration batches together (a node only goes when
+    both stay at target); the run itself if it did not meet the target."""
+    s = run.settings
+    if run.loss > s.target_loss:
+        return run
+    t0 = time.perf_counter()
+    judge = _concat(pruner.heldout, pruner.calib)
+    target, device = s.target_loss, pruner.device
+    stages = list(run.stages)
+    keep = run.keep.to(device)
+    if pruner.eval.loss(judge, keep.float()) > target:  # met on the held-out half only: start there
+        return run
+    keep = greedy_remove(pruner.eval, pruner.screen, judge, keep, target, deadline=deadline)
+    stages.append({"stage": "greedy", "nodes": int(keep.sum()), "loss": pruner.eval.loss(pruner.heldout, keep.float())})
+    if time.perf_counter() < deadline:
+        retrained = retrain_within(pruner, run, keep.cpu(), judge).to(device)
+        if retrained.sum() < keep.sum():
+            keep = retrained
+        stages.append({"stage": "retrained", "nodes": int(keep.sum()),
+                       "loss": pruner.eval.loss(pruner.heldout, keep.float())})
+        keep = greedy_remove(pruner.eval, pruner.screen, judge, keep, target, deadline=deadline)
+        stages.append({"stage": "greedy 2", "nodes": int(keep.sum()),
+                       "loss": pruner.eval.loss(pruner.heldout, keep.float())})
+    keep = keep.cpu()
+    # the circuit's nodes rank first (by their old score), so curves over the ranking start with it
+    scores = torch.where(keep, run.scores - run.scores.min() + 1.0, run.scores - run.scores.max() - 1.0)
+    return replace(run, keep=keep, scores=scores, loss=pruner.eval.loss(pruner.heldout, keep.float().to(device)),
+                   calibration=pruner.calibration_of(keep), seconds=run.seconds + time.perf_counter() - t0,
+                   stages=stages)
