@@ -199,7 +199,7 @@ def circuit_size(run_dir: Path) -> dict | None:
         return None
     d = json.loads(path.read_text())
     m = d.get("metrics") or {}
-    return {"nodes": len(d["nodes"]), "edges": len(d["edges"]), "passed": m.get("passed"),
+    return {"nodes": len(d["nodes"]), "edges": len(d["edges"]), "passed": m.get("passed"), "checks": m.get("checks"),
             "circuit_loss_raw": (m.get("circuit_uncalibrated_templated") or {}).get("loss"),
             "circuit_loss_calibrated": (m.get("circuit_templated") or {}).get("loss"),
             "necessity_loss": (m.get("necessity") or {}).get("loss") if isinstance(m.get("necessity"), dict) else None}
