@@ -58,6 +58,9 @@ def parse_args(argv=None):
                    help="skip the greedy removal and retraining inside the discretised circuit")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for prompts and masks")
     p.add_argument("--no-control", action="store_true", help="skip the nonsense-task control")
+    p.add_argument("--variants", action="store_true",
+                   help="also search with frozen norm scales and with zero ablation, and report those circuits' "
+                        "sizes beside the default one (two more searches)")
     p.add_argument("--no-html", action="store_true",
                    help="skip the interactive circuit.html (its node panels take ~0.1 s per node on the CPU model)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -141,7 +144,8 @@ def main(argv=None) -> int:
     for name in names:
         try:
             circuit = pipeline.extract(name, out / name, progress=not args.no_progress,
-                                       with_control=not args.no_control, viewer=not args.no_html)
+                                       with_control=not args.no_control, viewer=not args.no_html,
+                                       variants=args.variants)
         except TargetUnreachableError as e:
             print(f"{name}: skipped: {e}", file=sys.stderr)
             rows.append((name, e.full))
@@ -155,6 +159,13 @@ def main(argv=None) -> int:
         print(f"{name}: {m.nodes} nodes, {m.edges} edges, raw circuit loss "
               f"{m.circuit_uncalibrated['templated'].loss:.3f} ({m.seconds:.0f} s) -> {out / name / 'circuit.json'}",
               file=sys.stderr)
+        if m.faithfulness:
+            f = m.faithfulness
+            print(f"{name}: faithfulness {f['circuit_faithfulness']:.3f} at the circuit's {f['circuit_nodes']} nodes; "
+                  f"over the ranking CPR {f['cpr']:.3f}, CMD {f['cmd']:.3f}", file=sys.stderr)
+        for label, v in (m.variants or {}).items():
+            print(f"{name} with {label.replace('_', ' ')}: {v['nodes']} nodes, {v['edges']} edges, raw held-out "
+                  f"loss {v['loss']:.3f}{'' if v['met_target'] else ' (target not met)'}", file=sys.stderr)
         failing = [k for k, ok in m.checks.items() if not ok]
         if failing:
             print(f"{name}: checks not met: {', '.join(failing)}", file=sys.stderr)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -64,9 +64,23 @@ class CircuitPipeline:
             self._contexts = node_contexts(self.loaded, log=self.log)
         return self._contexts
 
-    def pruner(self, task_name: str, require_full: bool = True) -> Pruner:
+    def pruner(self, task_name: str, require_full: bool = True, cfg: PruneConfig | None = None) -> Pruner:
         return Pruner(self.loaded.model, self.layout, self.means, get_task(task_name), self.loaded.tokenizer,
-                      self.cfg, natural_texts=self.natural_texts, device=self.device, require_full=require_full)
+                      cfg or self.cfg, natural_texts=self.natural_texts, device=self.device, require_full=require_full)
+
+    def variants(self, task_name: str, progress: bool = True) -> dict:
+        """The same search under the other rules a circuit's size depends on, reported beside the
+        default (never instead of it): every norm's scale frozen at the full model's, and zero
+        ablation instead of the pretraining mean."""
+        out = {}
+        for label, change in (("frozen_norms", {"freeze_norms": True}), ("zero_ablation", {"ablation": "zero"})):
+            cfg = replace(self.cfg, **change)
+            best, _ = self.pruner(task_name, cfg=cfg).search(progress=progress, log=self.log)
+            out[label] = {"nodes": best.n_nodes, "edges": len(circuit_edges(self.loaded.model, self.layout, best.keep)),
+                          "loss": best.loss, "met_target": best.loss <= cfg.target_loss}
+            self.log(f"{task_name} with {label.replace('_', ' ')}: {best.n_nodes} nodes, raw held-out loss "
+                     f"{best.loss:.3f}")
+        return out
 
     def control(self, progress: bool = True) -> Control:
         """Size of the circuit the pruner builds for a nonsense task (computed once per model)."""
@@ -94,18 +108,20 @@ class CircuitPipeline:
                        bisection=best.curve)
 
     def extract(self, task_name: str, out_dir: Path, progress: bool = True, with_control: bool = True,
-                viewer: bool = True) -> Circuit:
+                viewer: bool = True, variants: bool = False) -> Circuit:
         """Prune, validate and write out_dir/circuit.json for one task, with circuit.png/.svg and
         (unless viewer=False) the interactive circuit.html beside it; returns the circuit."""
         t0 = time.perf_counter()
         best, runs = self.pruner(task_name).search(progress=progress, log=self.log)
         circuit = self._circuit(task_name, best)
         metrics = evaluate_circuit(self.loaded.model, circuit, get_task(task_name), self.loaded.tokenizer,
-                                   self.means, natural_texts=self.natural_texts)
+                                   self.means, natural_texts=self.natural_texts, scores=best.scores)
         metrics.search = [r.summary() for r in runs]
         metrics.total_nodes = self.layout.n_nodes
         if with_control:
             metrics.control = self.control(progress)
+        if variants:
+            metrics.variants = self.variants(task_name, progress)
         metrics.seconds = round(time.perf_counter() - t0, 1)
         circuit.metrics = metrics
         out_dir = Path(out_dir)

@@ -317,3 +317,18 @@ def test_refinement_removes_nodes_the_task_does_not_need(planted):
     assert PLANTED_NODES <= found and len(found) <= len(PLANTED_NODES) + 2
     assert refined.loss <= 0.15 and [s["stage"] for s in refined.stages][-3:] == ["greedy", "retrained", "greedy 2"]
     assert set(refined.scores.argsort(descending=True)[:len(found)].tolist()) == set(refined.keep.nonzero().flatten().tolist())
+
+
+def test_faithfulness_curve_over_the_ranking(planted):
+    """The planted ranking puts the 13 circuit nodes first: faithfulness is ~1 from 13 nodes on,
+    the circuit's point is ~1, and with a handful of nodes it is far lower."""
+    model, tok, task, layout, means, pruner, run = planted
+    m = evaluate_circuit(model, circuit_of(model, layout, run), task, tok, means, n_pairs=32, n_random=2,
+                         scores=run.scores)
+    c = m.faithfulness
+    assert c["fractions"][0] == 0.001 and c["fractions"][-1] == 1.0 and c["nodes"][-1] == layout.n_nodes
+    assert c["faithfulness"][-1] == pytest.approx(1.0, abs=1e-4)  # every node kept: the model itself
+    assert c["circuit_nodes"] == 13 and c["circuit_faithfulness"] > 0.9
+    assert c["faithfulness"][0] < 0.5  # 1 node (0.1% of 256 rounds to 0, at least 1 is kept)
+    assert 0.8 < c["cpr"] <= 1.05 and 0 <= c["cmd"] < 0.2
+    assert Circuit.from_dict(circuit_of(model, layout, run).to_dict()).metrics is None

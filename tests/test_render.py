@@ -54,3 +54,16 @@ def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(tmp_path / "missing.json")], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "no circuit file" in proc.stderr
+
+
+def test_the_faithfulness_curve_is_drawn_in_both_pictures(planted, tmp_path):
+    from sparse_gpt.circuit import evaluate_circuit
+    from sparse_gpt.render import render_html
+    model, tok, task, layout, means, pruner, run = planted
+    circuit = circuit_of(model, layout, run)
+    circuit.metrics = evaluate_circuit(model, circuit, task, tok, means, n_pairs=16, n_random=2, scores=run.scores)
+    render_static(circuit, tmp_path / "circuit")
+    svg = (tmp_path / "circuit.svg").read_text()
+    assert "normalised faithfulness" in svg and f"CPR {circuit.metrics.faithfulness['cpr']:.3f}" in svg
+    page = render_html(circuit, None, tmp_path / "circuit.html").read_text()
+    assert '<svg id="faithfulness"' in page and page.count('<circle class="pt"') >= 10

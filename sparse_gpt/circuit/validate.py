@@ -19,6 +19,7 @@ from ..prune.objective import IDENTITY, Calibration, Evaluator, Score
 from ..tasks.base import (BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff,
                           two_way_accuracy, two_way_loss)
 from .artefact import Circuit
+from .faithfulness import faithfulness_curve
 from .metrics import Metrics, RandomBaseline
 
 # Ablating a necessary circuit should push the task loss at least half way to chance (ln 2).
@@ -96,9 +97,11 @@ def _random_baseline(ev: Evaluator, batch: TaskBatch, keep: torch.Tensor, layout
 
 def evaluate_circuit(model, circuit: Circuit, task: BinaryTask, tokenizer, means: torch.Tensor,
                      n_pairs: int = 256, n_random: int = 10, seed: int = 10_007,
-                     natural_texts: list[str] | None = None) -> Metrics:
+                     natural_texts: list[str] | None = None, scores: torch.Tensor | None = None,
+                     curve_pairs: int = 64) -> Metrics:
     """All validation metrics of `circuit` on `task` (`means`: the nodes' means over pretraining
-    text); stored in circuit.json's metrics."""
+    text); stored in circuit.json's metrics. With `scores` (the pruner's ranking of every node),
+    also the faithfulness curve over that ranking, on the first `curve_pairs` templated pairs."""
     device = next(model.parameters()).device
     layout = NodeLayout(model.config)
     settings = circuit.settings
@@ -119,8 +122,12 @@ def evaluate_circuit(model, circuit: Circuit, task: BinaryTask, tokenizer, means
     necessity = ev.metrics(templ, 1.0 - gates)
     random = _random_baseline(ev, templ, keep, layout, n_random, seed)
     checks = _checks(full, within, raw, necessity, random, settings.target_loss)
+    curve = None
+    if scores is not None:
+        curve = faithfulness_curve(ev, templ.select(slice(0, 2 * curve_pairs)), scores.to(device),
+                                   int(keep.sum())).to_dict()
     return Metrics(target_loss=settings.target_loss, nodes=int(keep.sum()), edges=len(circuit.edges), full=full,
                    circuit=within, circuit_uncalibrated=raw, necessity=necessity, random=random,
                    final_resid_rms_ratio=final_resid_rms_ratio(model, layout, templ, gates, ablate_to,
                                                                settings.freeze_norms),
-                   checks=checks, passed=checks["sufficient"] and checks["necessary"])
+                   checks=checks, passed=checks["sufficient"] and checks["necessary"], faithfulness=curve)

@@ -93,7 +93,7 @@ class PruneRun:
     n_positive: int                 # nodes with a positive mask parameter after training
     loss_positive: float            # held-out loss keeping exactly those
     curve: list[tuple[int, float]]  # (k, held-out loss) points the bisection evaluated
-    loss: float                     # held-out loss of the circuit before calibration
+    loss: float                     # raw held-out loss of the circuit (Pruner.judge: the worse of two batches)
     calibration: Calibration
     seconds: float
     history: list[dict] = field(default_factory=list)
@@ -240,7 +240,7 @@ class Pruner:
         for _ in range(settings.retrain_rounds if isinstance(mask, HeavisideMask) else 0):
             scores = mask.scores().cpu()
             n_pos = int((scores > 0).sum())
-            loss = self.eval.loss(self.heldout, (scores > 0).float().to(self.device)) if n_pos else math.inf
+            loss = float(self.judge((scores > 0).float()[None])) if n_pos else math.inf
             retrained.append({"stage": "trained" if not retrained else "retrained", "nodes": n_pos, "loss": loss})
             if loss <= settings.target_loss:
                 break
@@ -266,7 +266,7 @@ class Pruner:
         pairs. The nodes a trained mask switched off all sit at the same clamped score, so the
         ranking below the kept ones is noise; the gradient at the kept set is not."""
         keep = scores > 0
-        loss = self.eval.loss(self.heldout, keep.float().to(self.device)) if keep.any() else math.inf
+        loss = float(self.judge(keep.float()[None])) if keep.any() else math.inf
         stages = [{"stage": label, "nodes": int(keep.sum()), "loss": loss}]
         rounds = 0
         while loss > settings.target_loss and rounds < settings.repair_rounds and not keep.all():
@@ -274,7 +274,7 @@ class Pruner:
             gain[keep] = -math.inf
             m = min(int((~keep).sum()), max(4, int(0.1 * keep.sum())))
             keep[gain.argsort(descending=True)[:m]] = True
-            loss = self.eval.loss(self.heldout, keep.float().to(self.device))
+            loss = float(self.judge(keep.float()[None]))
             rounds += 1
             stages.append({"stage": "repaired", "nodes": int(keep.sum()), "loss": loss})
         if rounds:
@@ -286,8 +286,15 @@ class Pruner:
 
     # -- discretisation --
 
+    def judge(self, gate_sets: torch.Tensor) -> torch.Tensor:
+        """(C,) the raw loss of each node set (C, N) on the held-out pairs: the worse of the
+        held-out and the calibration batches, so that a size chosen right at the target on one
+        batch is not an accident of that batch."""
+        sets = gate_sets.to(self.device)
+        return torch.stack([self.eval.losses_many(b, sets) for b in (self.heldout, self.calib)]).amax(0).cpu()
+
     def loss_at(self, scores: torch.Tensor, k: int) -> float:
-        return self.eval.loss(self.heldout, top_k_gates(scores, k).to(self.device))
+        return float(self.judge(top_k_gates(scores, k)[None]))
 
     def calibration_of(self, keep: torch.Tensor) -> Calibration:
         """Scale and bias fitted on the calibration batch, kept only if they do not raise the

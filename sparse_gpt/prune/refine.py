@@ -18,7 +18,7 @@ import torch
 
 from ..tasks.base import TaskBatch
 from .objective import Evaluator
-from .pruner import Pruner, PruneRun, _concat, top_k_gates
+from .pruner import Pruner, PruneRun, top_k_gates
 
 
 def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
@@ -29,9 +29,10 @@ def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
     return sets
 
 
-def greedy_remove(ev: Evaluator, screen: TaskBatch, judge: TaskBatch, keep: torch.Tensor, target: float,
+def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, target: float,
                   width: int = 16, deadline: float = math.inf, max_rounds: int = 200) -> torch.Tensor:
-    """The kept set after greedy removal: a node goes when the raw loss on `judge` stays <= target.
+    """The kept set after greedy removal: a node goes when the raw loss `judge(gate_sets)` (C,)
+    stays <= target.
 
     Each round screens the `width` most promising kept nodes (by first-order estimate, among those
     not yet refused) on `screen` one at a time, then tries removing the passing ones together, in
@@ -58,7 +59,7 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge: TaskBatch, keep: torc
         fit = [j for j in range(len(prefixes)) if cumulative[j] <= target]
         # verify the largest screened prefix and a few smaller ones on the judging batch
         tries = sorted({fit[-1] if fit else 0, (fit[-1] if fit else 0) // 2, 0}, reverse=True)
-        judged = ev.losses_many(judge, _without(keep, [prefixes[j] for j in tries]))
+        judged = judge(_without(keep, [prefixes[j] for j in tries]))
         ok = [j for j, loss in zip(tries, judged.tolist()) if loss <= target]
         if ok:
             keep[prefixes[ok[0]]] = False
@@ -67,20 +68,20 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge: TaskBatch, keep: torc
     return keep
 
 
-def retrain_within(pruner: Pruner, run: PruneRun, keep: torch.Tensor, judge: TaskBatch,
-                   k_mult: float = 3.0) -> torch.Tensor:
+def retrain_within(pruner: Pruner, run: PruneRun, keep: torch.Tensor, k_mult: float = 3.0) -> torch.Tensor:
     """A mask trained again on the circuit's nodes only (the rest stays ablated), with a stronger
-    penalty; returns the fewest of its top-ranked nodes meeting the target on `judge`, or `keep`
-    itself if none smaller does."""
+    penalty, starting near the threshold so a short run can move nodes across it; returns the
+    fewest of its top-ranked nodes meeting the target (Pruner.judge), or `keep` itself if none
+    smaller does."""
     s = run.settings
     if s.refine_steps == 0:
         return keep
     gen = torch.Generator().manual_seed(s.seed + 7919)
-    mask = pruner._make_mask(s, gen, allowed=keep)
+    mask = pruner._make_mask(replace(s, init_bias=0.02), gen, allowed=keep)
     pruner.train_mask(mask, s, s.refine_steps, s.k_coef * k_mult, gen)
     scores = mask.scores().cpu()
     n_keep = int(keep.sum())
-    loss = lambda k: pruner.eval.loss(judge, top_k_gates(scores, k).to(pruner.device))  # noqa: E731
+    loss = lambda k: pruner.loss_at(scores, k)  # noqa: E731
     hi = min(n_keep, int((scores > 0).sum()))
     if hi == 0 or loss(hi) > s.target_loss:
         return keep
@@ -96,32 +97,29 @@ def retrain_within(pruner: Pruner, run: PruneRun, keep: torch.Tensor, judge: Tas
 
 def refine(pruner: Pruner, run: PruneRun, deadline: float = math.inf) -> PruneRun:
     """`run` after greedy removal, retraining inside the circuit and a second greedy removal, each
-    judged on the raw loss of the held-out and calibration batches together (a node only goes when
-    both stay at target); the run itself if it did not meet the target."""
+    judged on the raw held-out loss (Pruner.judge: a node only goes when both held-out batches stay
+    at target); the run itself if it did not meet the target."""
     s = run.settings
     if run.loss > s.target_loss:
         return run
     t0 = time.perf_counter()
-    judge = _concat(pruner.heldout, pruner.calib)
     target, device = s.target_loss, pruner.device
     stages = list(run.stages)
     keep = run.keep.to(device)
-    if pruner.eval.loss(judge, keep.float()) > target:  # met on the held-out half only: start there
-        return run
-    keep = greedy_remove(pruner.eval, pruner.screen, judge, keep, target, deadline=deadline)
-    stages.append({"stage": "greedy", "nodes": int(keep.sum()), "loss": pruner.eval.loss(pruner.heldout, keep.float())})
+    keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, keep, target, deadline=deadline)
+    stages.append({"stage": "greedy", "nodes": int(keep.sum()), "loss": float(pruner.judge(keep.float()[None]))})
     if time.perf_counter() < deadline:
-        retrained = retrain_within(pruner, run, keep.cpu(), judge).to(device)
+        retrained = retrain_within(pruner, run, keep.cpu()).to(device)
         if retrained.sum() < keep.sum():
             keep = retrained
         stages.append({"stage": "retrained", "nodes": int(keep.sum()),
-                       "loss": pruner.eval.loss(pruner.heldout, keep.float())})
-        keep = greedy_remove(pruner.eval, pruner.screen, judge, keep, target, deadline=deadline)
+                       "loss": float(pruner.judge(keep.float()[None]))})
+        keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, keep, target, deadline=deadline)
         stages.append({"stage": "greedy 2", "nodes": int(keep.sum()),
-                       "loss": pruner.eval.loss(pruner.heldout, keep.float())})
+                       "loss": float(pruner.judge(keep.float()[None]))})
     keep = keep.cpu()
     # the circuit's nodes rank first (by their old score), so curves over the ranking start with it
     scores = torch.where(keep, run.scores - run.scores.min() + 1.0, run.scores - run.scores.max() - 1.0)
-    return replace(run, keep=keep, scores=scores, loss=pruner.eval.loss(pruner.heldout, keep.float().to(device)),
+    return replace(run, keep=keep, scores=scores, loss=float(pruner.judge(keep.float()[None])),
                    calibration=pruner.calibration_of(keep), seconds=run.seconds + time.perf_counter() - t0,
                    stages=stages)

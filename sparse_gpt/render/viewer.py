@@ -3,7 +3,8 @@
 The diagram uses the same layout as the static picture. Hovering a node shows its name and weights;
 clicking it opens a panel with its activations on the task, single-node ablation losses, input and
 output edges, and top-activating contexts from pretraining text. Below: task loss against the
-number of kept nodes, as the pruner's bisection evaluated it.
+number of kept nodes, as the pruner's bisection evaluated it, and the faithfulness curve over the
+pruner's ranking (circuit.faithfulness).
 """
 from __future__ import annotations
 
@@ -117,6 +118,44 @@ def _bisection_svg(circuit: Circuit) -> str:
     return "\n".join(out)
 
 
+def _faithfulness_svg(circuit: Circuit) -> str:
+    """Normalised faithfulness against the share of nodes kept (log x), the circuit marked."""
+    curve = circuit.metrics.faithfulness if circuit.metrics is not None else None
+    if not curve:
+        return "<p>No faithfulness curve recorded.</p>"
+    w, h, left, bottom, pad = 640.0, 240.0, 56.0, 40.0, 14.0
+    fr = curve["fractions"]
+    vals = [v for v in curve["faithfulness"] + [curve["circuit_faithfulness"]] if v is not None and math.isfinite(v)]
+    y0, y1 = min([0.0] + vals) - 0.05, max([1.0] + vals) + 0.05
+    x0, x1 = math.log10(fr[0]), math.log10(fr[-1])
+    sx = lambda f: left + (math.log10(f) - x0) / (x1 - x0) * (w - left - pad)  # noqa: E731
+    sy = lambda v: pad + (y1 - v) / (y1 - y0) * (h - bottom - pad)  # noqa: E731
+    out = [f'<svg id="faithfulness" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w:.0f} {h:.0f}" '
+           f'width="{w:.0f}" height="{h:.0f}">',
+           f'<rect x="{left}" y="{pad}" width="{w - left - pad}" height="{h - bottom - pad}" class="frame"/>']
+    for f in fr:
+        out.append(f'<text class="tick" x="{sx(f):.1f}" y="{h - bottom + 16:.1f}">{100 * f:g}%</text>')
+    for v in (0.0, 0.5, 1.0):
+        out.append(f'<line class="grid" x1="{left}" x2="{w - pad}" y1="{sy(v):.1f}" y2="{sy(v):.1f}"/>'
+                   f'<text class="tick" x="{left - 6:.1f}" y="{sy(v) + 4:.1f}" text-anchor="end">{v:g}</text>')
+    pts = [(f, v) for f, v in zip(fr, curve["faithfulness"]) if v is not None and math.isfinite(v)]
+    out.append('<polyline class="curve" points="' + " ".join(f"{sx(f):.1f},{sy(v):.1f}" for f, v in pts) + '"/>')
+    for (f, v), k, loss in zip(pts, curve["nodes"], curve["losses"]):
+        out.append(f'<circle class="pt" cx="{sx(f):.1f}" cy="{sy(v):.1f}" r="3"><title>{k} nodes: faithfulness '
+                   f'{v:.3f}, loss {loss:.4f}</title></circle>')
+    cf, cn = curve["circuit_faithfulness"], curve["circuit_nodes"]
+    if cf is not None and math.isfinite(cf) and cn:
+        x = max(fr[0], min(1.0, cn / curve["nodes"][-1]))
+        out.append(f'<circle class="chosen" cx="{sx(x):.1f}" cy="{sy(cf):.1f}" r="5"><title>the circuit: {cn} nodes, '
+                   f'faithfulness {cf:.3f}</title></circle>')
+    out.append(f'<text class="axis" x="{(left + w) / 2:.0f}" y="{h - 6:.0f}">share of nodes kept (top of the '
+               f'ranking); CPR {curve["cpr"]:.3f}, CMD {curve["cmd"]:.3f}</text>')
+    out.append(f'<text class="axis" transform="translate(14 {(h - bottom) / 2:.0f}) rotate(-90)">'
+               'normalised faithfulness</text>')
+    out.append("</svg>")
+    return "\n".join(out)
+
+
 def _summary(circuit: Circuit, details: NodeDetails | None) -> str:
     m = circuit.metrics
     prov = circuit.provenance
@@ -166,6 +205,7 @@ def render_html(circuit: Circuit, details: NodeDetails | None, path: str | Path,
             .replace("%LEGEND%", legend)
             .replace("%DIAGRAM%", _diagram_svg(circuit))
             .replace("%BISECTION%", _bisection_svg(circuit))
+            .replace("%FAITHFULNESS%", _faithfulness_svg(circuit))
             .replace("%DATA%", data))
     path = Path(path)
     atomic_write_text(path, page)
