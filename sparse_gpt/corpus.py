@@ -192,7 +192,7 @@ def _load_hf_texts(cfg: DataConfig) -> dict[str, bytes]:
     except ImportError as e:
         raise DataError("data.source='hf' needs the HF `datasets` library: "
                         "pip install sparse_gpt[hf]") from e
-    ds = datasets.load_dataset(cfg.path, cfg.hf_config, split=cfg.hf_split)
+    ds = _load_hf_dataset(datasets, cfg)
     if cfg.hf_text_field not in ds.column_names:
         raise DataError(f"HF dataset {cfg.path!r} has no column {cfg.hf_text_field!r} "
                         f"(data.hf_text_field); columns: {', '.join(ds.column_names)}")
@@ -209,6 +209,28 @@ def _load_hf_texts(cfg: DataConfig) -> dict[str, bytes]:
         if cfg.max_bytes is not None and total > cfg.max_bytes:
             break  # the rest could not be taken under the cap anyway
     return out
+
+
+def _load_hf_dataset(datasets, cfg: DataConfig):
+    """datasets.load_dataset for `cfg`, its failures as one-line DataErrors, without the library's
+    progress bars (its "Generating train split" lines would bury the training log's first lines)."""
+    # getattr: older versions of the library (and stand-ins for it) may lack these switches
+    is_on = getattr(datasets, "is_progress_bar_enabled", lambda: False)
+    bars_were_on = is_on()
+    if bars_were_on:
+        datasets.disable_progress_bars()
+    where = f"HF dataset {cfg.path!r}" + (f" (config {cfg.hf_config!r})" if cfg.hf_config else "")
+    try:
+        return datasets.load_dataset(cfg.path, cfg.hf_config, split=cfg.hf_split)
+    except ValueError as e:  # an unknown split or config name; the library lists the valid ones
+        if "split" in str(e).lower():
+            raise DataError(f"{where} has no split {cfg.hf_split!r} (data.hf_split): {e}") from None
+        raise DataError(f"{where}: {e} (data.hf_config)") from None
+    except OSError as e:  # no such local path, or the Hub cannot be reached
+        raise DataError(f"{where} could not be loaded: {e}") from None
+    finally:
+        if bars_were_on:
+            datasets.enable_progress_bars()
 
 
 def _file_reader(files: dict[str, Path]) -> Callable[[str], bytes]:
