@@ -17,7 +17,7 @@ from . import (FORMATS, ExportError, load_export_input, neuronpedia_graphs, node
                viz_data, write_csv, write_neuronpedia, write_openai)
 
 VIEWER_HINT = """open them in circuit-tracer's local viewer (pip install circuit-tracer):
-  python -c "from circuit_tracer.frontend.local_server import serve; serve(data_dir='{out}', port=8041)"
+  python -c "from circuit_tracer.frontend.local_server import serve; serve(data_dir='{out}', port=8041); input('Enter stops the viewer')"
   then browse http://localhost:8041/index.html"""
 
 

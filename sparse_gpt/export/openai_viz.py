@@ -97,7 +97,8 @@ def _snippets(contexts, inp: ExportInput, i: int, side: int, eot: int) -> list[t
         for k in range(s.width):
             if 0 <= lo + k < T:
                 ids[k] = windows[w, lo + k]
-        acts = records["contexts"][side, j, i].float().nan_to_num(0.0)
+        # clone: a view would carry its whole records tensor into the saved file
+        acts = records["contexts"][side, j, i].float().nan_to_num(0.0).clone()
         out.append((ids, acts, s.before))
     return out
 
@@ -143,7 +144,7 @@ def viz_data(inp: ExportInput, contexts=None, log=print) -> dict:
         model(part.tokens)
     docs = torch.where(torch.arange(part.tokens.shape[1], device=device)[None, :]
                        < part.lengths[:, None], part.tokens, 0).cpu()
-    task_acts = {loc: {j: cache[loc][:, :, j].float().cpu() for j in idx.tolist()}
+    task_acts = {loc: {j: cache[loc][:, :, j].float().cpu().clone() for j in idx.tolist()}
                  for loc, idx in kept.items() if len(idx)}
 
     samples: dict = {loc: {} for loc in kept}
