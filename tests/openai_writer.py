@@ -174,3 +174,39 @@ def save_openai_model(model: GPT, tokenizer_files_from: Mapping[str, PathLike] |
         shutil.copyfile(src, out / name)
     return out
 
+
+
+def to_data_gym_layout(model: GPT, tok: Tokenizer) -> tuple[GPT, tuple[dict[str, int], list[tuple[str, str]]]]:
+    """One of our trained models and its tokenizer with the token ids moved to the data-gym layout.
+
+    Our tokenizers put `<|endoftext|>` at id 0, then the 256 bytes, then one token per merge; the
+    data-gym layout has the bytes first and `<|endoftext|>` last. So every id moves down by one and
+    id 0 moves to the end: the rows of the embedding, the unembedding and the final logit bias are
+    permuted alike, and the model computes the same function of the text. Returns a new model and
+    the (vocab, merges) pair for write_openai_tokenizer_files, which checks the layout."""
+    vocab, merges = _vocab_and_merges(tok)
+    n = len(vocab)
+    old_of_new = torch.tensor(list(range(1, n)) + [0])  # new id i holds old id old_of_new[i]
+    new_of_old = torch.empty_like(old_of_new)
+    new_of_old[old_of_new] = torch.arange(n)
+    moved = GPT(model.config)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    for key in (_WTE, "lm_head.weight", "final_logits_bias"):
+        sd[key] = sd[key][old_of_new]
+    if "bigram_table" in sd:
+        sd["bigram_table"] = sd["bigram_table"][old_of_new][:, old_of_new]
+    moved.load_state_dict(sd)
+    new_vocab = {token: int(new_of_old[i]) for token, i in vocab.items()}
+    return moved.eval(), (new_vocab, merges)
+
+
+def save_run_as_openai(run_or_checkpoint: PathLike, out_dir: PathLike) -> Path:
+    """Write one of our trained checkpoints as an OpenAI model directory with its own BPE (which
+    merges quotes with brackets when it was trained with isolate_brackets false)."""
+    from sparse_gpt import load_model
+
+    model, tok = load_model(run_or_checkpoint)
+    moved, vocab_and_merges = to_data_gym_layout(model, tok)
+    out = Path(out_dir)
+    write_openai_tokenizer_files(vocab_and_merges, out / "tinypython")
+    return save_openai_model(moved, out / "tinypython", out / "model")

@@ -569,3 +569,30 @@ def test_cli_show_prints_the_answer_tokens_of_an_openai_model(openai_dir):
     assert "full model on 16 of 16 pairs: two-way accuracy" in out.stdout
     assert "correct '\")" in out.stdout or "correct '\\'')" in out.stdout
     assert "(answer texts '\"' vs \"'\")" in out.stdout or "(answer texts \"'\" vs '\"')" in out.stdout
+
+
+def test_a_trained_merging_run_written_in_openai_format_computes_the_same(tmp_path):
+    """A run trained without bracket isolation, written as an OpenAI model directory (ids moved to
+    the data-gym layout), gives the same logits for the same text and poses the quote task with
+    merged answer tokens: how the README's table on an OpenAI-format model was made."""
+    from openai_writer import save_run_as_openai
+
+    from sparse_gpt import load_model
+
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.yaml", "--no-progress",
+                           "--out", str(run), "--steps", "10", "--set", "data.vocab_size=2048",
+                           "--set", "data.isolate_brackets=false", "--set", "model.block_size=128"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ours, our_tok = load_model(run)
+    theirs, their_tok = load_model(save_run_as_openai(run, tmp_path / "openai"))
+    text = (STDLIB / "json" / "encoder.py").read_text()[:4000]
+    ids = encode(our_tok, text)[:128]
+    assert encode(their_tok, text)[:128] == [i - 1 if i else 2047 for i in ids]
+    with torch.no_grad():
+        a, b = ours(torch.tensor([ids])), theirs(torch.tensor([[i - 1 if i else 2047 for i in ids]]))
+    assert torch.equal(a[..., list(range(1, 2048)) + [0]], b)
+    task = get_task("single_double_quote")
+    batch = encode_pairs(task, task.pairs(16, seed=0), their_tok, BLOCK_SIZE)
+    assert any(len(decode(their_tok, [int(i)])) > 1 for i in batch.correct)
