@@ -20,8 +20,10 @@ class BracketCounting(TemplateTask):
     vs the newline `\\n` (depth 0). Pairs differ in one bracket: an extra opening `[` (`[[1, 2]` vs
     `[1, 2]`) or whether the outer list was already closed (`[[1], [2]` vs `[[1], [2]]`).
     Natural examples (`natural.mine_bracket_examples`) cut real code after any `]`, subscripts
-    included, since nested list literals are rare in real code. A tokenizer that does have a `]]`
-    token fails the encoder's context check (the prompt's `]` would merge with the answer).
+    included, since nested list literals are rare in real code.
+    On a tokenizer that merges a `]` with what follows (`]]`, `]\\n`), the prompts' last `]` merges
+    with the answer, so the task is asked one token earlier, as the paper asks it: after `[[1, 2`,
+    `]]` (or `]` then `]\\n`) against `]\\n` (base.encode_pair).
     """
 
     name = "bracket_counting"

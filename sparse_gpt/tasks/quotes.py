@@ -14,8 +14,10 @@ class SingleDoubleQuote(TemplateTask):
     """Close a string with the quote it was opened with: `"` or `'`.
 
     The prompt ends inside a one-line string literal, after its last content token; the pair
-    differs only in the opening quote. The pre-tokenizer isolates quote runs, so the closing quote
-    is always its own token whatever follows it. Natural examples: `natural.mine_quote_examples`.
+    differs only in the opening quote. Our pre-tokenizer isolates quote runs, so the closing quote
+    is its own token whatever follows it; a plain byte-level BPE merges it with what follows, and
+    the task then contrasts those tokens (`")` vs `')`, `"\\n` vs `'\\n`; base.EncodedExample).
+    Natural examples: `natural.mine_quote_examples`.
     """
 
     name = "single_double_quote"
