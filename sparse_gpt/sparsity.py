@@ -62,13 +62,26 @@ def sparse_tensors(model: nn.Module, cfg: SparsityConfig) -> list[SparseTensor]:
             continue  # norm gains, sink logits, the bigram table stay dense
         target = round(spec.density * spec.numel)
         if target < spec.min_k:
-            units = p.shape[spec.unit_dim]
-            raise ConfigError(
-                f"sparsity.matrix_density={cfg.matrix_density:g} keeps {target} of {spec.numel} weights in "
-                f"{name}, but the neuron floor needs {spec.min_k} ({units} units x {cfg.neuron_floor}); "
-                f"raise the density to at least {spec.min_k / spec.numel:.4g} or lower sparsity.neuron_floor")
+            raise ConfigError(_too_sparse_message(spec, target, cfg))
         out.append(spec)
     return out
+
+
+def _too_sparse_message(spec: SparseTensor, target: int, cfg: SparsityConfig) -> str:
+    """Why a density keeps too few entries of one tensor, naming the setting that applies to it."""
+    least = f"{spec.min_k / spec.numel:.4g}"
+    if spec.unit_dim is not None:
+        units = spec.param.shape[spec.unit_dim]
+        return (f"sparsity.matrix_density={cfg.matrix_density:g} keeps {target} of {spec.numel} weights in "
+                f"{spec.name}, but the neuron floor needs {spec.min_k} ({units} units x {cfg.neuron_floor}); "
+                f"raise the density to at least {least} or lower sparsity.neuron_floor")
+    # Embeddings and biases have no floor, but a tensor with no weight left would be dead.
+    what = "a bias, sparse because sparsity.sparsify_biases is on" if spec.name.endswith(".bias") \
+        else "an embedding"
+    fix = " or set sparsity.sparsify_biases=false" if spec.name.endswith(".bias") else ""
+    return (f"sparsity.embed_density={cfg.embed_density:g} keeps {target} of {spec.numel} weights in "
+            f"{spec.name} ({what}), and every sparse tensor must keep at least one; raise "
+            f"sparsity.embed_density to at least {least}{fix}")
 
 
 @torch.no_grad()

@@ -65,6 +65,18 @@ def test_impossible_density_is_a_clear_error():
         sparse_tensors(model, SparsityConfig(matrix_density=1 / 64))
 
 
+def test_a_density_that_empties_an_embedding_or_bias_names_the_right_setting():
+    """Embeddings and biases have no neuron floor; the message names embed_density (not
+    matrix_density) and, for a bias, the switch that makes biases sparse."""
+    model = tiny_model()
+    with pytest.raises(ConfigError, match=r"embed_density=1e-05 keeps 0 of \d+ weights in "
+                                          r"transformer\.wte\.weight \(an embedding\)"):
+        sparse_tensors(model, SparsityConfig(matrix_density=0.25, embed_density=1e-5,
+                                             sparsify_biases=False))
+    with pytest.raises(ConfigError, match=r"\.bias \(a bias.*sparsify_biases=false"):
+        sparse_tensors(model, SparsityConfig(matrix_density=0.25, embed_density=1e-3))
+
+
 def test_schedules_at_key_fractions():
     assert density_scale(0.0, 0.01, 0.5) == 0.0
     assert density_scale(0.01, 0.01, 0.5) == 0.0
