@@ -85,9 +85,10 @@ class CircuitPipeline:
     def control(self, progress: bool = True) -> Control:
         """Size of the circuit the pruner builds for a nonsense task (computed once per model)."""
         if self._control is None:
-            # one run of the configured settings, repaired and discretised like the task's own runs
-            # (no search: it would spend the main job's budget on a circuit that should not exist)
-            pruner = self.pruner(CONTROL_TASK, require_full=False)
+            # one run of the configured settings, discretised like the task's own runs (no search and
+            # no repair: they would spend the main job's budget on a circuit that should not exist)
+            pruner = self.pruner(CONTROL_TASK, require_full=False,
+                                 cfg=replace(self.cfg, retrain_rounds=0, repair_rounds=0))
             best = pruner.run(progress=progress, desc=CONTROL_TASK)
             self._control = Control(task=CONTROL_TASK, nodes=best.n_nodes, loss=best.loss,
                                     calibrated_loss=best.calibration.loss, full_loss=pruner.full_loss,

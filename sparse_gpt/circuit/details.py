@@ -1,7 +1,7 @@
 """The numbers the viewer shows when a node is clicked, computed from the model the circuit came from.
 
 Per circuit node: its mean activation at the answer position on each side of the task, the task
-loss with only that node ablated (in the full model, and in the circuit), and its mean over
+loss with only that node ablated (in the full model, and in the circuit, raw: no calibration), and its mean over
 pretraining text (what it carries when mean-ablated).
 """
 from __future__ import annotations
@@ -23,14 +23,14 @@ class NodeNumbers:
     side_means: list[float]      # mean activation at the answer position, per side of the task
     pretraining_mean: float
     ablated_alone: float         # task loss of the full model without this node
-    circuit_without: float       # calibrated task loss of the circuit without this node
+    circuit_without: float       # raw (uncalibrated) task loss of the circuit without this node
 
 
 @dataclass
 class NodeDetails:
     sides: list[str]             # what the two sides of the task are
     n_prompts: int
-    baseline: dict[str, float]   # {"full": loss, "circuit": calibrated loss}
+    baseline: dict[str, float]   # {"full": loss, "circuit": raw loss}
     nodes: dict[str, NodeNumbers]
 
 
@@ -71,10 +71,10 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
     labels, side = _sides(task, batch, tokenizer)
     side = side.to(device)
     keep = circuit.keep_mask(layout).float().to(device)
-    cal = circuit.calibration
     at_answer = _activations_at_answer(model, layout, batch, circuit.node_names)
 
-    baseline = {"full": ev.loss(batch, None), "circuit": ev.loss(batch, keep, cal)}
+    # raw losses: the circuit is judged without its calibration, and so is every node in it
+    baseline = {"full": ev.loss(batch, None), "circuit": ev.loss(batch, keep)}
     nodes = {}
     for name in tqdm(circuit.node_names, desc="node details", disable=not progress, leave=False,
                      dynamic_ncols=True):
@@ -87,5 +87,5 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
         without[i] = 0.0
         nodes[name] = NodeNumbers(side_means=[float(acts[side == s].mean()) for s in (0, 1)],
                                   pretraining_mean=float(node_means[i]), ablated_alone=ev.loss(batch, alone),
-                                  circuit_without=ev.loss(batch, without, cal))
+                                  circuit_without=ev.loss(batch, without))
     return NodeDetails(sides=labels, n_prompts=len(batch), baseline=baseline, nodes=nodes)
