@@ -198,9 +198,13 @@ def _token_at(tokenizer: Tokenizer, prompt: str, answer: str,
                     len(enc.ids) - 1)
         raise _NoBoundary(f"the answer {answer!r} is split there: "
                           f"...{_pieces(tokenizer, enc.ids[max(0, j - 2):last + 2])}")
+    if start >= answer_end:
+        raise _NoBoundary(f"the tokenizer drops all of the answer {answer!r}")
     if start == 0:
         raise _NoBoundary(f"the whole prompt merges with the answer {answer!r}")
-    return enc.ids[:j], enc.ids[j], start, end
+    # A tokenizer that drops whitespace (a word-level one) starts the token after the answer's
+    # leading space: the model is still asked right where the prompt ends.
+    return enc.ids[:j], enc.ids[j], min(start, boundary), end
 
 
 def _label(task: BinaryTask | None) -> str:
