@@ -80,6 +80,7 @@ def circuit_path(checkpoint, tmp_path_factory) -> Path:
     return circuit.save(tmp_path_factory.mktemp("circuit") / "circuit.json")
 
 
+@pytest.mark.slow
 def test_neuronpedia_graphs_are_valid_and_hold_the_circuit(circuit_path, tmp_path):
     out = tmp_path / "graphs"
     proc = _export(circuit_path, "--format", "neuronpedia", "--out", out, "--pairs", "2")
@@ -145,6 +146,7 @@ def test_check_graph_names_what_is_wrong(circuit_path, tmp_path):
         assert any(message in p for p in check_graph(bad)), (message, check_graph(bad))
 
 
+@pytest.mark.slow
 def test_openai_viz_data_holds_the_circuit_in_their_layout(circuit_path, tmp_path):
     proc = _export(circuit_path, "--format", "openai", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr

@@ -64,6 +64,7 @@ def _train(out: Path, dataset: Path, cache: Path, *extra: str) -> subprocess.Com
     return subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["jsonl", "parquet"])
 def test_train_on_a_local_hf_dataset_with_manifest_and_cache_reuse(kind, tmp_path):
     rows = _rows()
