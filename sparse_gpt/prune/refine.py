@@ -1,10 +1,11 @@
 """Refinement of a discretised circuit: exact greedy removal, then a short retraining inside it.
 
 A trained mask's discretisation keeps every node its ranking put above the cut, including nodes
-the task does not need once the rest is fixed. Greedy removal drops nodes one batch at a time,
-judging every removal by the exact raw task loss (no calibration) on held-out pairs; candidates are
-ordered by a first-order estimate (the gradient with respect to the node's gate) and screened on a
-small batch, many per forward, so a round costs a few large forwards rather than one per node.
+the task does not need once the rest is fixed. Greedy removal drops nodes a batch at a time,
+judging every removal by the exact raw task loss (no calibration) on held-out pairs: each round
+ranks the kept nodes (first by a first-order estimate, then by every node's exact removal on a
+small batch, many node sets per forward, so a round costs a few large forwards rather than one
+per node) and bisects for the longest run of harmless nodes that can go together.
 A retraining of masks restricted to the kept set then lets the penalty trade nodes against each
 other with the rest of the model fixed, and a second greedy pass cleans up after it.
 """
@@ -30,41 +31,41 @@ def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
 
 
 def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, target: float,
-                  width: int = 16, deadline: float = math.inf, max_rounds: int = 200) -> torch.Tensor:
-    """The kept set after greedy removal: a node goes when the raw loss `judge(gate_sets)` (C,)
+                  deadline: float = math.inf, rounds: int = 4, estimated_rounds: int = 1) -> torch.Tensor:
+    """The kept set after greedy removal: nodes go while the raw loss `judge(gate_sets)` (C,)
     stays <= target.
 
-    Each round screens the `width` most promising kept nodes (by first-order estimate, among those
-    not yet refused) on `screen` one at a time, then tries removing the passing ones together, in
-    growing prefixes, and keeps the largest prefix that also passes on `judge`. A node refused on
-    `judge` is not tried again. Stops when no candidate passes, or at `deadline` (perf_counter)."""
-    device = keep.device
+    Each round ranks the kept nodes by the loss of removing each alone on `screen`: the first
+    `estimated_rounds` by the first-order estimate (one backward), the others exactly (every kept
+    node's removal, in a few batched forwards). It then finds by bisection the longest prefix of the harmless ones (those whose
+    single removal keeps `screen` at target) that can go together, judged by `judge`, and removes
+    it. Stops when a round removes nothing, after `rounds`, or at `deadline` (perf_counter)."""
     keep = keep.clone()
-    refused = torch.zeros_like(keep)
-    for _ in range(max_rounds):
+    for r in range(rounds):
         if time.perf_counter() > deadline:
             break
-        est = ev.removal_estimates(screen, keep)
-        order = [i for i in est.argsort().tolist() if keep[i] and not refused[i]]
-        if not order:
-            break
-        cands = order[:width]
-        single = ev.losses_many(screen, _without(keep, [torch.tensor([i]) for i in cands]))
-        passing = [cands[j] for j in single.argsort().tolist() if single[j] <= target]
-        if not passing:
-            refused[cands] = True  # none of these can go on their own now
-            continue
-        prefixes = [torch.tensor(passing[:j], device=device) for j in range(1, len(passing) + 1)]
-        cumulative = ev.losses_many(screen, _without(keep, prefixes))
-        fit = [j for j in range(len(prefixes)) if cumulative[j] <= target]
-        # verify the largest screened prefix and a few smaller ones on the judging batch
-        tries = sorted({fit[-1] if fit else 0, (fit[-1] if fit else 0) // 2, 0}, reverse=True)
-        judged = judge(_without(keep, [prefixes[j] for j in tries]))
-        ok = [j for j, loss in zip(tries, judged.tolist()) if loss <= target]
-        if ok:
-            keep[prefixes[ok[0]]] = False
+        kept = keep.nonzero().flatten()
+        if r >= estimated_rounds:
+            single = ev.losses_many(screen, _without(keep, [i[None] for i in kept]))
         else:
-            refused[passing[0]] = True
+            single = ev.loss(screen, keep.float()) + ev.removal_estimates(screen, keep)[kept]
+        order = single.argsort()
+        harmless = kept[order[single[order] <= target]]
+        removed = {0: True}
+
+        def ok(j: int) -> bool:
+            if j not in removed:
+                removed[j] = bool(judge(_without(keep, [harmless[:j]]))[0] <= target)
+            return removed[j]
+        lo, hi = 0, len(harmless)
+        if hi and not ok(hi):
+            while hi - lo > 1:  # invariant: ok(lo), not ok(hi)
+                mid = (lo + hi) // 2
+                lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+            hi = lo
+        if hi == 0 and r >= estimated_rounds:
+            break
+        keep[harmless[:hi]] = False
     return keep
 
 
