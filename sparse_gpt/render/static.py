@@ -72,8 +72,9 @@ def render_static(circuit: Circuit, out_prefix: str | Path) -> list[Path]:
     fig_h = min(30.0, max(2 + 0.45 * rows, 0.45 * fig_w))  # a wide circuit gets taller rows, not a strip
     curve = circuit.metrics.faithfulness if circuit.metrics is not None else None
     if curve:
-        fig = Figure(figsize=(fig_w + 4.5, max(fig_h, 4.0)))
-        ax, cax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [fig_w, 3.5]})
+        side = max(3.5, fig_w / 4)  # the curve stays legible beside a wide diagram
+        fig = Figure(figsize=(fig_w + side + 1, max(fig_h, 4.0)))
+        ax, cax = fig.subplots(1, 2, gridspec_kw={"width_ratios": [fig_w, side]})
         _draw_faithfulness(cax, curve)
         cax.set_box_aspect(0.8)
     else:
