@@ -220,4 +220,18 @@ def load_or_compute_means(model, layout: NodeLayout, tokenizer, cache_dir: Path,
         windows = validation_windows(tokenizer, data_cfg, model.config.block_size, n_tokens)
         return {"means": compute_node_means(model, layout, windows)}
     return load_or_compute(Path(cache_dir) / MEANS_FILE, key, compute, log,
-                           f"node means over {n_tokens:,} validation tokens")["means"]
+                           f"node means over {n_tokens:,} validation tokens",
+                           check=lambda t: check_node_means(t, layout))["means"]
+
+
+def check_node_means(tensors: dict[str, torch.Tensor], layout: NodeLayout) -> str | None:
+    """What is wrong with cached node means for this layout, or None."""
+    means = tensors.get("means")
+    if set(tensors) != {"means"} or means is None:
+        return f"holds {sorted(tensors)}, not one tensor 'means'"
+    if means.dtype != torch.float32 or tuple(means.shape) != (layout.n_nodes,):
+        return (f"holds means of shape {tuple(means.shape)} ({means.dtype}), but this model has "
+                f"{layout.n_nodes} nodes (float32)")
+    if not bool(torch.isfinite(means).all()):
+        return "holds means that are not finite"
+    return None

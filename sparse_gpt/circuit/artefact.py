@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from ..fileio import atomic_write_text
-from ..nodes import CircuitEdge, CircuitNode, NodeLayout, ablation_values
+from ..nodes import LOCATION_KINDS, CircuitEdge, CircuitNode, NodeLayout, ablation_values
 from ..prune.objective import Calibration
 from ..prune.pruner import PruneConfig
 from .metrics import Metrics, MetricsError
@@ -184,12 +184,47 @@ def checksum(body: dict) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_NODE_KINDS = {kind for _, kind in LOCATION_KINDS}
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def _node_problem(n: dict) -> str | None:
+    """What is wrong with a node record's field types and their agreement, or None. (The checksum
+    proves a file is intact, not that whoever re-signed it wrote sensible fields.)"""
+    for key in ("name", "location", "kind"):
+        if not isinstance(n[key], str):
+            return f"{key!r} should be a string, got {n[key]!r}"
+    for key in ("layer", "index"):
+        if not _is_int(n[key]) or n[key] < 0:
+            return f"{key!r} should be a whole number >= 0, got {n[key]!r}"
+    if n.get("score") is not None and not _is_number(n["score"]):
+        return f"'score' should be a number, got {n['score']!r}"
+    if n["kind"] not in _NODE_KINDS:
+        return f"'kind' should be one of {', '.join(sorted(_NODE_KINDS))}, got {n['kind']!r}"
+    if n["name"] != f"{n['location']}[{n['index']}]":
+        return f"'name' {n['name']!r} is not its location and index, {n['location']}[{n['index']}]"
+    suffix = n["location"].partition(".")[2]
+    if n["location"] != f"{n['layer']}.{suffix}" or (suffix, n["kind"]) not in LOCATION_KINDS:
+        return f"location {n['location']!r} does not agree with layer {n['layer']} and kind {n['kind']!r}"
+    return None
+
+
 def _nodes(records: list, where: str) -> list[CircuitNode]:
     out = []
     for n in records:
         if not isinstance(n, dict) or not {"name", "location", "layer", "kind", "index"} <= set(n) \
                 or not set(n) <= {f.name for f in fields(CircuitNode)}:
             raise CircuitError(f"{where}: malformed node {n!r}")
+        problem = _node_problem(n)
+        if problem:
+            raise CircuitError(f"{where}: node {n.get('name')!r}: {problem}")
         out.append(CircuitNode(**n))
     return out
 

@@ -12,21 +12,46 @@ from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.explain import ExplainSettings, node_contexts
 from sparse_gpt.config import resolve_device
 from sparse_gpt.loading import load_any
+from sparse_gpt.nodes import NodeLayout
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other error of this command (argparse would add a usage block).
+        self.exit(2, f"error: {message} (see python -m sparse_gpt.explain --help)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
     d = ExplainSettings()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
     p.add_argument("nodes", nargs="+", metavar="NODE", help="node name, e.g. 0.mlp.post_act[12]")
-    p.add_argument("--contexts", type=int, default=d.n_contexts, help="contexts shown per side")
-    p.add_argument("--tokens", type=int, default=d.n_tokens, help="validation tokens scanned")
+    p.add_argument("--contexts", type=_positive_int, default=d.n_contexts, help="contexts shown per side")
+    p.add_argument("--tokens", type=_positive_int, default=d.n_tokens, help="validation tokens scanned")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)
     settings = ExplainSettings(n_tokens=args.tokens, n_contexts=max(d.n_contexts, args.contexts))
     try:
         loaded = load_any(args.checkpoint, resolve_device(args.device))
+        # Names and sizes are checked before the (seconds-long) scan, so a typo costs nothing.
+        layout = NodeLayout(loaded.model.config)
+        for name in args.nodes:
+            layout.node_index(name)
+        block = loaded.model.config.block_size
+        if args.tokens < block:
+            raise ValueError(f"--tokens {args.tokens} is less than one window of the model's context "
+                             f"({block} tokens)")
         contexts = node_contexts(loaded, settings, log=lambda m: print(m, file=sys.stderr))
         explanations = [contexts.explain(name, args.contexts) for name in args.nodes]
     except (CheckpointError, KeyError, IndexError, ValueError) as e:

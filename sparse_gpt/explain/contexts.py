@@ -195,8 +195,35 @@ def node_contexts(loaded, settings: ExplainSettings = ExplainSettings(), log=pri
         windows = validation_windows(loaded.tokenizer, loaded.data, model.config.block_size, settings.n_tokens)
         return compute_node_contexts(model, layout, windows, settings)
     records = load_or_compute(Path(loaded.path) / CONTEXTS_FILE, key, compute, log,
-                              f"top-activating contexts of every node over {settings.n_tokens:,} validation tokens")
+                              f"top-activating contexts of every node over {settings.n_tokens:,} validation tokens",
+                              check=lambda t: check_node_contexts(t, layout, settings, model.config.vocab_size))
     return NodeContexts(records, layout, loaded.tokenizer, settings)
+
+
+def check_node_contexts(records: dict[str, torch.Tensor], layout: NodeLayout, settings: ExplainSettings,
+                        vocab_size: int) -> str | None:
+    """What is wrong with cached activation records for this model, or None: every shape, and every
+    position and token id that NodeContexts indexes with, must fit."""
+    want = {"values", "positions", "contexts", "windows"}
+    if set(records) != want:
+        return f"holds {sorted(records)}, not {sorted(want)}"
+    values, positions, contexts, windows = (records[k] for k in ("values", "positions", "contexts", "windows"))
+    N = layout.n_nodes
+    if windows.dim() != 2 or windows.dtype != torch.int32 or windows.numel() == 0:
+        return f"holds windows of shape {tuple(windows.shape)} ({windows.dtype}), not a (W, T) int32 tensor"
+    k = min(settings.k, windows.numel())
+    if tuple(values.shape) != (2, k, N):
+        return f"holds values of shape {tuple(values.shape)}, but this model and these settings need {(2, k, N)}"
+    if positions.shape != values.shape or positions.dtype != torch.long:
+        return f"holds positions of shape {tuple(positions.shape)} ({positions.dtype}), not {(2, k, N)} (int64)"
+    want_contexts = (2, min(settings.n_contexts, k), N, settings.width)
+    if tuple(contexts.shape) != want_contexts:
+        return f"holds contexts of shape {tuple(contexts.shape)}, but this model and these settings need {want_contexts}"
+    if bool(((positions < 0) | (positions >= windows.numel())).any()):
+        return f"holds positions outside its {windows.numel():,} tokens"
+    if bool(((windows < 0) | (windows >= vocab_size)).any()):
+        return f"holds token ids outside the vocabulary of {vocab_size}"
+    return None
 
 
 def explain_node(loaded, name: str, settings: ExplainSettings = ExplainSettings(), log=print) -> NodeExplanation:

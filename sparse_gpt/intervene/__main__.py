@@ -9,6 +9,7 @@ own correct answer against the alternative. --ablate sets a node to its mean ove
 (--ablation zero: to 0). Nodes are set at every position unless --at last.
 """
 import argparse
+import math
 import sys
 
 import torch
@@ -21,18 +22,39 @@ from sparse_gpt.nodes import ABLATIONS, NodeLayout, ablation_values, load_or_com
 from sparse_gpt.tasks import TaskError, get_task
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        # One line, like every other error of this command (argparse would add a usage block).
+        self.exit(2, f"error: {message} (see python -m sparse_gpt.intervene --help)\n")
+
+
 def _parse_set(text: str) -> tuple[str, float]:
     name, sep, value = text.rpartition("=")
     try:
         if not sep or not name:
             raise ValueError
-        return name, float(value)
+        number = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected NODE=VALUE, e.g. 0.mlp.post_act[12]=1.5, got {text!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r}: a node can only be set to a finite number")
+    return name, number
+
+
+def _whole(least: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
     p.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NODE=VALUE",
                    help="set a node to a value (repeatable)")
@@ -42,9 +64,9 @@ def main(argv=None) -> int:
     p.add_argument("--answers", nargs=2, metavar=("ANSWER", "ALTERNATIVE"),
                    help="report P(ANSWER) against ALTERNATIVE for every --prompt")
     p.add_argument("--task", help="take prompts and answers from this task's held-out pairs")
-    p.add_argument("--pairs", type=int, default=4, help="task pairs used with --task")
+    p.add_argument("--pairs", type=_whole(1), default=4, help="task pairs used with --task")
     p.add_argument("--at", choices=["all", "last"], default="all", help="positions the nodes are set at")
-    p.add_argument("--top", type=int, default=5, help="next tokens listed before and after")
+    p.add_argument("--top", type=_whole(0), default=5, help="next tokens listed before and after")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = p.parse_args(argv)
     if not args.prompt and not args.task:
@@ -52,9 +74,12 @@ def main(argv=None) -> int:
     if not args.set and not args.ablate:
         p.error("give --set NODE=VALUE or --ablate NODE")
     try:
+        task = get_task(args.task) if args.task else None
         loaded = load_any(args.checkpoint, resolve_device(args.device))
         model, tok = loaded.model, loaded.tokenizer
         layout = NodeLayout(model.config)
+        for name in [*dict(args.set), *args.ablate]:  # before the means are computed
+            layout.node_index(name)
         values = dict(args.set)
         if args.ablate:
             # zero ablation needs no means: skip computing them
@@ -64,8 +89,7 @@ def main(argv=None) -> int:
             values |= node_values(layout, args.ablate, ablation_values(args.ablation, means))
         prompts = list(args.prompt)
         answers = [tuple(args.answers) if args.answers else None] * len(prompts)
-        if args.task:
-            task = get_task(args.task)
+        if task is not None:
             examples = [ex for pair in task.pairs(args.pairs, seed=1, split="heldout") for ex in pair.examples()]
             prompts += [ex.prompt for ex in examples]
             answers += [(ex.answer, ex.alternative) for ex in examples]

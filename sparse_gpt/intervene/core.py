@@ -1,6 +1,7 @@
 """Run a model with some nodes set to fixed values and compare its next-token predictions."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -56,6 +57,12 @@ def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
         raise ValueError(f"at must be 'all' or 'last', got {at!r}")
     if not values:
         raise ValueError("no intervention given: name at least one node")
+    # NaN or inf is no activation the model could have: whatever comes out (even a plausible answer,
+    # when zeroed weights never read the node) says nothing about it.
+    bad = {name: v for name, v in values.items() if not math.isfinite(float(v))}
+    if bad:
+        raise ValueError("a node can only be set to a finite number, got "
+                         + ", ".join(f"{name} = {v}" for name, v in bad.items()))
     if answers is not None and len(answers) != len(prompts):
         raise ValueError(f"{len(answers)} answer pairs for {len(prompts)} prompts")
     layout = NodeLayout(model.config)
