@@ -83,6 +83,9 @@ def test_interventions_move_the_two_way_probability_the_planted_way():
         intervene(model, tok, prompts, {"1.attn.v[99]": 1.0})
     with pytest.raises(ValueError, match="more than the model's context of 32"):
         intervene(model, tok, [" ".join(["a"] * 40)], {"1.attn.v[0]": 1.0})
+    for value in (float("nan"), float("inf"), -float("inf")):  # no activation a model could have
+        with pytest.raises(ValueError, match=r"only be set to a finite number, got 1\.attn\.v\[0\] = "):
+            intervene(model, tok, prompts, {"1.attn.v[0]": value, "1.attn.v[1]": 1.0})
 
 
 def run(*args):

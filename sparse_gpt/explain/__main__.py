@@ -2,7 +2,8 @@
 
 NODE names look like 0.mlp.post_act[12], 2.attn.q[35], 1.attn.act_in[7] (a circuit.json lists its
 nodes' names). The first call on a checkpoint scans its validation text once (seconds on the CPU
-model) and caches the result beside the checkpoint; later calls are instant and print the same.
+model) and caches the result beside the checkpoint (in the user cache directory, $XDG_CACHE_HOME/sparse_gpt,
+when the checkpoint's directory cannot be written); later calls are instant and print the same.
 """
 import argparse
 import json

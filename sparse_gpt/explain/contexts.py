@@ -4,8 +4,9 @@ One pass over fixed validation windows keeps, for every node of the model at onc
 its `k` highest and `k` lowest activations (a running top-k per node, so memory does not grow with
 the text); a second pass gathers the node's activation on the tokens around the first
 `n_contexts` of them, so a context can be shaded token by token. The result is cached beside the
-checkpoint (node_contexts.safetensors, keyed by the weights' fingerprint and these settings), so
-every later explanation and viewer page reads it for free. Same checkpoint, same output.
+checkpoint (node_contexts.safetensors, keyed by the weights' fingerprint and these settings, and
+checked against the model when read; see sparse_gpt.tensor_cache), so every later explanation and
+viewer page reads it for free. Same checkpoint, same output.
 """
 from __future__ import annotations
 
