@@ -332,3 +332,12 @@ def test_faithfulness_curve_over_the_ranking(planted):
     assert c["faithfulness"][0] < 0.5  # 1 node (0.1% of 256 rounds to 0, at least 1 is kept)
     assert 0.8 < c["cpr"] <= 1.05 and 0 <= c["cmd"] < 0.2
     assert Circuit.from_dict(circuit_of(model, layout, run).to_dict()).metrics is None
+
+
+def test_refinement_keeps_at_least_one_node(planted):
+    """With a target even the empty circuit meets, greedy removal stops at one node, like the
+    bisection (a circuit of nothing has no mechanism to show)."""
+    from sparse_gpt.prune.refine import greedy_remove
+    model, tok, task, layout, means, pruner, run = planted
+    keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, run.keep, target=10.0)
+    assert int(keep.sum()) == 1

@@ -50,7 +50,7 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, t
         else:
             single = ev.loss(screen, keep.float()) + ev.removal_estimates(screen, keep)[kept]
         order = single.argsort()
-        harmless = kept[order[single[order] <= target]]
+        harmless = kept[order[single[order] <= target]][:len(kept) - 1]  # a circuit keeps at least one node
         removed = {0: True}
 
         def ok(j: int) -> bool:
