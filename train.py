@@ -16,17 +16,12 @@ from pathlib import Path
 
 # Only the config (and below, the run directory checks) are imported up front: a mistyped option,
 # config value or --out is reported in a fraction of a second, before torch is loaded.
+from sparse_gpt.cli import OneLineParser
 from sparse_gpt.config import ConfigError, load_config
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # One line, like every other error of this command (argparse would add a usage block).
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def parse_args(argv=None) -> argparse.Namespace:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML config file (configs/*.yaml); on --resume defaults to the run's own")
     p.add_argument("--out", help="run directory for checkpoints, metrics and plots (default runs/<config name>)")
     p.add_argument("--steps", type=int, help="number of optimiser steps (overrides train.steps)")

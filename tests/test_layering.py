@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sparse_gpt"
 
 # Stage of each top-level module or subpackage of sparse_gpt, in the order data flows.
 STAGES = [
-    {"config", "fileio", "tensor_cache"},          # settings and durable files
+    {"config", "fileio", "tensor_cache", "cli"},   # settings, durable files, command-line basics
     {"corpus", "tokenizer"},                       # where text comes from, how it is cut
     {"data"},                                      # token cache, batches, validation windows
     {"topk", "sink_attention", "model", "flops"},  # exact top-k and attention kernels; the network

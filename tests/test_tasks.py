@@ -2,11 +2,13 @@
 examples and the command line, against the real setting's tokenizer (stdlib, 2048 tokens)."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -569,6 +571,31 @@ def test_cli_show_prints_the_answer_tokens_of_an_openai_model(openai_dir):
     assert "full model on 16 of 16 pairs: two-way accuracy" in out.stdout
     assert "correct '\")" in out.stdout or "correct '\\'')" in out.stdout
     assert "(answer texts '\"' vs \"'\")" in out.stdout or "(answer texts \"'\" vs '\"')" in out.stdout
+
+
+@pytest.mark.parametrize("name", ["single_double_quote", "bracket_brace"])
+def test_intervene_on_a_task_asks_for_the_tasks_answer_tokens(name, openai_dir):
+    """`python -m sparse_gpt.intervene --task` on a merging tokenizer scores each prompt on the answer
+    tokens the task's encoding picks there (`")` vs `')`, `":` vs `",`), not on the bare answer texts."""
+    from sparse_gpt import load_model
+
+    _, tok = load_model(openai_dir)
+    task = get_task(name)
+    batch = encode_pairs(task, task.pairs(4, seed=1, split="heldout"), tok, BLOCK_SIZE)
+    expected = [(decode(tok, [int(a)]), decode(tok, [int(b)]))
+                for a, b in zip(batch.correct, batch.alternative)]
+    assert any(len(a) > 1 for a, _ in expected)  # the tokenizer really merges here
+    out = subprocess.run([sys.executable, "-m", "sparse_gpt.intervene", "--checkpoint", str(openai_dir),
+                          "--set", "0.attn.v[1]=2", "--task", name, "--pairs", "4"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    shown = [tuple(ast.literal_eval(t) for t in m)
+             for m in re.findall(r"^  P\((.*) vs (.*)\): ", out.stdout, re.M)]
+    assert shown == expected
+    # each prompt is asked where the task asks it (cut before a merge across the boundary)
+    prompts = [ast.literal_eval(m) for m in re.findall(r"^prompt: (.*)$", out.stdout, re.M)]
+    assert prompts == [decode(tok, batch.tokens[i, :batch.lengths[i]].tolist())[-70:]
+                       for i in range(len(batch))]
 
 
 def test_a_trained_merging_run_written_in_openai_format_computes_the_same(tmp_path):

@@ -10,16 +10,11 @@ import json
 import sys
 
 from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.cli import OneLineParser
 from sparse_gpt.explain import ExplainSettings, node_contexts
 from sparse_gpt.config import resolve_device
 from sparse_gpt.loading import load_any
 from sparse_gpt.nodes import NodeLayout
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # One line, like every other error of this command (argparse would add a usage block).
-        self.exit(2, f"error: {message} (see python -m sparse_gpt.explain --help)\n")
 
 
 def _positive_int(text: str) -> int:
@@ -34,7 +29,8 @@ def _positive_int(text: str) -> int:
 
 def main(argv=None) -> int:
     d = ExplainSettings()
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m sparse_gpt.explain", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
     p.add_argument("nodes", nargs="+", metavar="NODE", help="node name, e.g. 0.mlp.post_act[12]")
     p.add_argument("--contexts", type=_positive_int, default=d.n_contexts, help="contexts shown per side")

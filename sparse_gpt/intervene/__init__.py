@@ -8,6 +8,6 @@
 Each node is set at every position of the prompt (or only at the last one, `at="last"`), the same
 way the pruner ablates nodes. `python -m sparse_gpt.intervene` is the command-line front end.
 """
-from .core import PromptEffect, format_effects, intervene, node_values
+from .core import PromptEffect, format_effects, intervene, intervene_task, node_values
 
-__all__ = ["PromptEffect", "format_effects", "intervene", "node_values"]
+__all__ = ["PromptEffect", "format_effects", "intervene", "intervene_task", "node_values"]

@@ -15,17 +15,12 @@ import sys
 import torch
 
 from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.cli import OneLineParser
 from sparse_gpt.config import resolve_device
-from sparse_gpt.intervene import format_effects, intervene, node_values
+from sparse_gpt.intervene import format_effects, intervene, intervene_task, node_values
 from sparse_gpt.loading import load_any
 from sparse_gpt.nodes import ABLATIONS, NodeLayout, ablation_values, load_or_compute_means
 from sparse_gpt.tasks import TaskError, get_task
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        # One line, like every other error of this command (argparse would add a usage block).
-        self.exit(2, f"error: {message} (see python -m sparse_gpt.intervene --help)\n")
 
 
 def _parse_set(text: str) -> tuple[str, float]:
@@ -54,7 +49,8 @@ def _whole(least: int):
 
 
 def main(argv=None) -> int:
-    p = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog="python -m sparse_gpt.intervene", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
     p.add_argument("--set", type=_parse_set, action="append", default=[], metavar="NODE=VALUE",
                    help="set a node to a value (repeatable)")
@@ -87,13 +83,11 @@ def main(argv=None) -> int:
                                            log=lambda m: print(m, file=sys.stderr))
                      if args.ablation == "mean" else torch.zeros(layout.n_nodes))
             values |= node_values(layout, args.ablate, ablation_values(args.ablation, means))
-        prompts = list(args.prompt)
-        answers = [tuple(args.answers) if args.answers else None] * len(prompts)
+        answers = [tuple(args.answers) if args.answers else None] * len(args.prompt)
+        effects = intervene(model, tok, args.prompt, values, answers=answers, at=args.at, top=args.top)
         if task is not None:
-            examples = [ex for pair in task.pairs(args.pairs, seed=1, split="heldout") for ex in pair.examples()]
-            prompts += [ex.prompt for ex in examples]
-            answers += [(ex.answer, ex.alternative) for ex in examples]
-        effects = intervene(model, tok, prompts, values, answers=answers, at=args.at, top=args.top)
+            effects += intervene_task(model, tok, task, values, pairs=args.pairs, seed=1, split="heldout",
+                                      at=args.at, top=args.top)
     except (CheckpointError, TaskError, KeyError, IndexError, ValueError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..nodes import NodeLayout
+from ..tasks import BinaryTask, encode_pairs
 from ..tokenizer import decode, encode, single_token_id
 
 
@@ -47,12 +48,51 @@ def _answer_id(tokenizer, text: str) -> int:
     return i
 
 
-@torch.no_grad()
 def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
               answers: list[tuple[str, str] | None] | None = None, at: str = "all", top: int = 5) -> list[PromptEffect]:
     """Next-token predictions of `model` on each prompt, before and after setting `values`
     ({node name: value}); `answers[i]` = (answer, alternative) adds prompt i's two-way probability
-    (None: not for that prompt)."""
+    (None: not for that prompt). Each answer must be a single token of the tokenizer on its own."""
+    _check_values(values, at)
+    if answers is not None and len(answers) != len(prompts):
+        raise ValueError(f"{len(answers)} answer pairs for {len(prompts)} prompts")
+    rows = []
+    for j, prompt in enumerate(prompts):
+        ids = encode(tokenizer, prompt)
+        if not ids:
+            raise ValueError(f"prompt {j} is empty")
+        if len(ids) > model.config.block_size:
+            raise ValueError(f"prompt {j} has {len(ids)} tokens, more than the model's context of "
+                             f"{model.config.block_size}: {prompt[:60]!r}...")
+        pair = answers[j] if answers is not None else None
+        ids_ab = tuple(_answer_id(tokenizer, t) for t in pair) if pair is not None else None
+        rows.append((prompt, ids, ids_ab, tuple(pair) if pair is not None else None))
+    return _effects(model, tokenizer, rows, values, at, top)
+
+
+def intervene_task(model, tokenizer, task: BinaryTask, values: dict[str, float], *, pairs: int = 4,
+                   seed: int = 1, split: str = "heldout", at: str = "all",
+                   top: int = 5) -> list[PromptEffect]:
+    """`intervene` on both prompts of `pairs` of the task's pairs, each scored on its own correct
+    answer against the alternative.
+
+    The prompts and answer tokens are the task's own encoding (sparse_gpt.tasks.encode_pairs): on a
+    tokenizer that merges an answer with what follows it (`")` on a plain byte-level BPE) the answers
+    are those merged tokens, and a prompt whose end merges with its answer is asked one token
+    earlier, exactly as the pruner asks it. Pairs that cannot be posed on this tokenizer are left
+    out (TaskTokenError when most cannot)."""
+    _check_values(values, at)
+    batch = encode_pairs(task, task.pairs(pairs, seed=seed, split=split), tokenizer,
+                         model.config.block_size)
+    rows = []
+    for i in range(len(batch)):
+        ids = batch.tokens[i, :int(batch.lengths[i])].tolist()
+        ab = (int(batch.correct[i]), int(batch.alternative[i]))
+        rows.append((decode(tokenizer, ids), ids, ab, tuple(decode(tokenizer, [t]) for t in ab)))
+    return _effects(model, tokenizer, rows, values, at, top)
+
+
+def _check_values(values: dict[str, float], at: str) -> None:
     if at not in ("all", "last"):
         raise ValueError(f"at must be 'all' or 'last', got {at!r}")
     if not values:
@@ -63,8 +103,13 @@ def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
     if bad:
         raise ValueError("a node can only be set to a finite number, got "
                          + ", ".join(f"{name} = {v}" for name, v in bad.items()))
-    if answers is not None and len(answers) != len(prompts):
-        raise ValueError(f"{len(answers)} answer pairs for {len(prompts)} prompts")
+
+
+@torch.no_grad()
+def _effects(model, tokenizer, rows: list[tuple[str, list[int], tuple[int, int] | None, tuple[str, str] | None]],
+             values: dict[str, float], at: str, top: int) -> list[PromptEffect]:
+    """The effect of setting `values` on each (prompt, its token ids, (answer id, alternative id)
+    or None, the answers as shown) row."""
     layout = NodeLayout(model.config)
     where = {name: layout.locate(name) for name in values}
     groups = _grouped(where, values)
@@ -82,13 +127,7 @@ def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
 
     replace = {loc: setter(idx, vals) for loc, (idx, vals) in groups.items()}
     effects = []
-    for j, prompt in enumerate(prompts):
-        ids = encode(tokenizer, prompt)
-        if not ids:
-            raise ValueError(f"prompt {j} is empty")
-        if len(ids) > model.config.block_size:
-            raise ValueError(f"prompt {j} has {len(ids)} tokens, more than the model's context of "
-                             f"{model.config.block_size}: {prompt[:60]!r}...")
+    for prompt, ids, answer_ids, shown in rows:
         x = torch.tensor([ids], device=device)
         with model.hooks(record=list(groups)) as cache:
             before = model(x)[0, -1].float().log_softmax(-1)
@@ -98,9 +137,9 @@ def intervene(model, tokenizer, prompts: list[str], values: dict[str, float], *,
         effect = PromptEffect(prompt=prompt, original=original, top_before=_top(tokenizer, before, top),
                               top_after=_top(tokenizer, after, top),
                               kl=float((before.exp() * (before - after)).sum()))
-        if answers is not None and answers[j] is not None:
-            a, b = (_answer_id(tokenizer, t) for t in answers[j])
-            effect.answers = tuple(answers[j])
+        if answer_ids is not None:
+            a, b = answer_ids
+            effect.answers = shown
             effect.p_before = float(torch.sigmoid(before[a] - before[b]))
             effect.p_after = float(torch.sigmoid(after[a] - after[b]))
         effects.append(effect)
