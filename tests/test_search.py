@@ -31,3 +31,11 @@ def test_bad_budgets_are_refused():
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="budget"):
             PruneConfig(budget=bad).validate()
+
+
+def test_one_trial_is_the_configured_run():
+    """--search-runs 1 with a budget: exactly the configured settings, once (the main job's test
+    path); the enqueued first trial must not count before it has run."""
+    *_, pruner, _ = prune_planted(steps=60, budget=2.0, max_trials=1, refine=False)
+    best, runs = pruner.search(progress=False)
+    assert len(runs) == 1 and runs[0].settings.steps == 60 and best is runs[0]

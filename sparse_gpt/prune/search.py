@@ -37,16 +37,26 @@ def budget_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[Prun
     N, target = pruner.layout.n_nodes, cfg.target_loss
     runs: list[PruneRun] = []
 
+    first = {"k_coef": cfg.k_coef, "lr": cfg.lr, "steps": cfg.steps, "k_warmup": cfg.k_warmup,
+             "temperature": cfg.temperature, "temperature_final": cfg.temperature_final or cfg.temperature,
+             "init_bias": cfg.init_bias, "seed": cfg.seed}
+
+    def span(name: str, lo, hi):
+        """The search range, widened to hold the configured value (trial 1 runs exactly that)."""
+        v = first[name]
+        return (min(lo, v), max(hi, v)) if (v > 0 or lo == 0) else (lo, hi)
+
     def settings_of(trial):
         return replace(
             cfg,
-            k_coef=trial.suggest_float("k_coef", 3e-4, 3e-2, log=True),
-            lr=trial.suggest_float("lr", 1e-3, 3e-2, log=True),
-            steps=trial.suggest_int("steps", 100, 600, step=50),
-            k_warmup=trial.suggest_float("k_warmup", 0.0, 0.5),
-            temperature=trial.suggest_float("temperature", 0.3, 3.0, log=True),
-            temperature_final=trial.suggest_float("temperature_final", 0.1, 3.0, log=True),
-            init_bias=trial.suggest_float("init_bias", 0.02, 0.5, log=True),
+            k_coef=trial.suggest_float("k_coef", *span("k_coef", 3e-4, 3e-2), log=True),
+            lr=trial.suggest_float("lr", *span("lr", 1e-3, 3e-2), log=True),
+            steps=trial.suggest_int("steps", *span("steps", 100, 600), log=True),
+            k_warmup=trial.suggest_float("k_warmup", *span("k_warmup", 0.0, 0.5)),
+            temperature=trial.suggest_float("temperature", *span("temperature", 0.3, 3.0), log=True),
+            temperature_final=trial.suggest_float("temperature_final", *span("temperature_final", 0.1, 3.0),
+                                                  log=True),
+            init_bias=trial.suggest_float("init_bias", *span("init_bias", 0.02, 0.5), log=True),
             seed=trial.suggest_int("seed", cfg.seed, cfg.seed + 1000))
 
     def objective(trial):
@@ -73,13 +83,11 @@ def budget_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[Prun
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=4)
     study = optuna.create_study(direction="minimize", sampler=sampler,
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=60))
-    study.enqueue_trial({"k_coef": cfg.k_coef, "lr": cfg.lr, "steps": cfg.steps, "k_warmup": cfg.k_warmup,
-                         "temperature": cfg.temperature,
-                         "temperature_final": cfg.temperature_final or cfg.temperature,
-                         "init_bias": cfg.init_bias, "seed": cfg.seed}, skip_if_exists=True)
+    study.enqueue_trial(first)
     while not runs or time.perf_counter() < search_deadline:
-        if cfg.max_trials and len(study.trials) >= cfg.max_trials:
-            break
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+        if runs and cfg.max_trials and len(study.get_trials(deepcopy=False, states=states)) >= cfg.max_trials:
+            break  # (the enqueued first trial waits in the study before it runs: count the ones that ran)
         study.optimize(objective, n_trials=1)
     best = min(runs, key=lambda r: (r.loss > target, r.n_nodes, r.loss))
     if cfg.refine:
