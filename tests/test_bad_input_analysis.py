@@ -1,4 +1,4 @@
-"""Bad input to the analysis commands (python -m sparse_gpt.explain / intervene / export), through the
+"""Bad input to the analysis commands (python -m sparse_gpt.explain / intervene / export / tasks), through the
 real command line: exit status 2, one line naming the problem, no traceback, and the checkpoint and
 every other file exactly as they were. Then the faults those commands must survive: a checkpoint
 directory they cannot write, and node caches someone rewrote.
@@ -88,6 +88,8 @@ EXPLAIN = ["sparse_gpt.explain", "--checkpoint", "RUN"]
 INTERVENE = ["sparse_gpt.intervene", "--checkpoint", "RUN"]
 PROMPT = ["--prompt", "print(x"]
 EXPORT = ["sparse_gpt.export", "TMP/circuit.json", "--format", "csv", "--no-labels", "--out", "TMP/out"]
+SHOW = ["sparse_gpt.tasks", "show"]
+QUOTE_ON_RUN = [*SHOW, "single_double_quote", "--checkpoint", "RUN", "--eval-pairs", "8"]
 CASES = [
     # --- explain
     ("explain without a node", EXPLAIN, "the following arguments are required: NODE", _no_setup),
@@ -145,6 +147,37 @@ CASES = [
                                         "abc def", ")"], "is not a single token", _no_setup),
     ("intervene checkpoint missing", ["sparse_gpt.intervene", "--checkpoint", "TMP/none", "--set",
                                       "0.attn.v[1]=2", *PROMPT], "no checkpoint at", _no_setup),
+    # --- tasks
+    ("tasks unknown command", ["sparse_gpt.tasks", "bogus"], "argument command: invalid choice: 'bogus'",
+     _no_setup),
+    ("tasks unknown task", [*SHOW, "nope"], "unknown task 'nope'", _no_setup),
+    ("tasks --n 0", [*SHOW, "single_double_quote", "--n", "0"], "--n: must be at least 1", _no_setup),
+    ("tasks --eval-pairs 0", [*SHOW, "single_double_quote", "--checkpoint", "RUN", "--eval-pairs", "0"],
+     "--eval-pairs: must be at least 1", _no_setup),
+    ("tasks --seed not a number", [*SHOW, "single_double_quote", "--seed", "x"],
+     "--seed: invalid int value: 'x'", _no_setup),
+    ("tasks unknown device", [*QUOTE_ON_RUN, "--device", "tpu"], "--device: invalid choice: 'tpu'", _no_setup),
+    ("tasks checkpoint missing", [*SHOW, "single_double_quote", "--checkpoint", "TMP/none"], "no checkpoint at",
+     _no_setup),
+    ("tasks checkpoint is a file", [*SHOW, "single_double_quote", "--checkpoint", "TMP/afile"],
+     "is a file; expected a run directory", _a_file),
+    ("tasks tokenizer missing", [*SHOW, "single_double_quote", "--tokenizer", "TMP/none"],
+     "tokenizer file not found", _no_setup),
+    ("tasks tokenizer not a tokenizer", [*SHOW, "single_double_quote", "--tokenizer", "TMP/afile"],
+     "is corrupt or not a tokenizer.json", _a_file),
+    ("tasks natural source missing", [*SHOW, "single_double_quote", "--split", "natural", "--source", "TMP/none"],
+     "none: no such file or directory", _no_setup),
+    ("tasks task not posable on the tokenizer", [*SHOW, "class_init", "--checkpoint", "RUN", "--eval-pairs", "8"],
+     "task class_init cannot be posed on this tokenizer", _no_setup),
+    ("tasks prompt longer than the context", QUOTE_ON_RUN, "does not fit the model's context of 64 tokens",
+     _no_setup),
+    # --- export arguments
+    ("export unknown format", ["sparse_gpt.export", "TMP/circuit.json", "--format", "svg", "--out", "TMP/out"],
+     "argument --format: invalid choice: 'svg'", _no_setup),
+    ("export without --out", ["sparse_gpt.export", "TMP/circuit.json", "--format", "csv"],
+     "the following arguments are required: --out", _no_setup),
+    ("export --pairs not a number", [*EXPORT, "--pairs", "two"], "--pairs: expected a whole number, got 'two'",
+     _no_setup),
     # --- circuit.json node records (re-signed, so the checksum passes)
     ("circuit node index a string", EXPORT, "'index' should be a whole number >= 0, got '3'",
      _circuit_json({"index": "3"})),

@@ -10,21 +10,11 @@ import json
 import sys
 
 from sparse_gpt.checkpoint import CheckpointError
-from sparse_gpt.cli import OneLineParser
+from sparse_gpt.cli import OneLineParser, whole_number
 from sparse_gpt.explain import ExplainSettings, node_contexts
 from sparse_gpt.config import resolve_device
 from sparse_gpt.loading import load_any
 from sparse_gpt.nodes import NodeLayout
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def main(argv=None) -> int:
@@ -33,8 +23,8 @@ def main(argv=None) -> int:
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
     p.add_argument("nodes", nargs="+", metavar="NODE", help="node name, e.g. 0.mlp.post_act[12]")
-    p.add_argument("--contexts", type=_positive_int, default=d.n_contexts, help="contexts shown per side")
-    p.add_argument("--tokens", type=_positive_int, default=d.n_tokens, help="validation tokens scanned")
+    p.add_argument("--contexts", type=whole_number(1), default=d.n_contexts, help="contexts shown per side")
+    p.add_argument("--tokens", type=whole_number(1), default=d.n_tokens, help="validation tokens scanned")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     args = p.parse_args(argv)

@@ -11,6 +11,7 @@ from typing import Sequence
 
 from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.circuit import Circuit, CircuitError
+from sparse_gpt.cli import OneLineParser, whole_number
 from sparse_gpt.tasks import TaskError
 
 from . import (FORMATS, ExportError, load_export_input, neuronpedia_graphs, node_labels,
@@ -22,9 +23,9 @@ VIEWER_HINT = """open them in circuit-tracer's local viewer (pip install circuit
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparse_gpt.export",
-                                description="Export a circuit for other viewers: Neuronpedia / "
-                                            "circuit-tracer graphs, OpenAI's viewer, or CSV tables.")
+    p = OneLineParser(prog="python -m sparse_gpt.export",
+                      description="Export a circuit for other viewers: Neuronpedia / "
+                                  "circuit-tracer graphs, OpenAI's viewer, or CSV tables.")
     p.add_argument("circuit", help="a circuit.json written by prune_circuit.py")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="neuronpedia: attribution-graph JSON, one per representative prompt; "
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None,
                    help="the checkpoint the circuit was extracted from (default: the one its "
                         "circuit.json names)")
-    p.add_argument("--pairs", type=int, default=2,
+    p.add_argument("--pairs", type=whole_number(1), default=2,
                    help="neuronpedia: prompt pairs to draw a graph for (two graphs each)")
     p.add_argument("--no-labels", action="store_true",
                    help="leave out the node labels (they need the explanations: one pass over "

@@ -15,7 +15,7 @@ import sys
 import torch
 
 from sparse_gpt.checkpoint import CheckpointError
-from sparse_gpt.cli import OneLineParser
+from sparse_gpt.cli import OneLineParser, whole_number
 from sparse_gpt.config import resolve_device
 from sparse_gpt.intervene import format_effects, intervene, intervene_task, node_values
 from sparse_gpt.loading import load_any
@@ -36,18 +36,6 @@ def _parse_set(text: str) -> tuple[str, float]:
     return name, number
 
 
-def _whole(least: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-        if value < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
-        return value
-    return parse
-
-
 def main(argv=None) -> int:
     p = OneLineParser(prog="python -m sparse_gpt.intervene", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -60,9 +48,9 @@ def main(argv=None) -> int:
     p.add_argument("--answers", nargs=2, metavar=("ANSWER", "ALTERNATIVE"),
                    help="report P(ANSWER) against ALTERNATIVE for every --prompt")
     p.add_argument("--task", help="take prompts and answers from this task's held-out pairs")
-    p.add_argument("--pairs", type=_whole(1), default=4, help="task pairs used with --task")
+    p.add_argument("--pairs", type=whole_number(1), default=4, help="task pairs used with --task")
     p.add_argument("--at", choices=["all", "last"], default="all", help="positions the nodes are set at")
-    p.add_argument("--top", type=_whole(0), default=5, help="next tokens listed before and after")
+    p.add_argument("--top", type=whole_number(0), default=5, help="next tokens listed before and after")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = p.parse_args(argv)
     if not args.prompt and not args.task:

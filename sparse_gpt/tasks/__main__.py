@@ -15,7 +15,10 @@ from typing import Iterator, Sequence
 import torch
 from tokenizers import Tokenizer
 
-from sparse_gpt.tokenizer import decode, eot_id, load_tokenizer, token_strings
+from sparse_gpt.checkpoint import CheckpointError
+from sparse_gpt.cli import OneLineParser, whole_number
+from sparse_gpt.config import ConfigError, resolve_device
+from sparse_gpt.tokenizer import TokenizerError, decode, eot_id, load_tokenizer, token_strings
 
 from . import (
     BinaryTask,
@@ -37,6 +40,10 @@ from . import (
 from .base import TaskBatch, to_batch
 
 SPLITS = ("prune", "heldout", "natural")
+
+
+class UsageError(Exception):
+    """A command-line input that names something unusable (the message says what)."""
 
 
 def visible(text: str) -> str:
@@ -117,7 +124,7 @@ def _held_out_texts(source: str | None) -> Iterator[str]:
         return
     path = Path(source)
     if not path.exists():
-        raise SystemExit(f"--source {source}: no such file or directory")
+        raise UsageError(f"--source {source}: no such file or directory")
     files = [path] if path.is_file() else sorted(path.rglob("*.py"))
     for f in files:
         yield f.read_text(encoding="utf-8", errors="replace")
@@ -142,7 +149,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     if args.checkpoint:
         from sparse_gpt import load_model
 
-        model, tokenizer = load_model(args.checkpoint, device=args.device)
+        model, tokenizer = load_model(args.checkpoint, device=resolve_device(args.device))
     elif args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
 
@@ -213,7 +220,7 @@ def _evaluate(model: torch.nn.Module, batch: TaskBatch, shown, tokenizer: Tokeni
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="python -m sparse_gpt.tasks",
         description="List the binary next-token tasks or show examples.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_show = sub.add_parser("show", help="print a task's examples with their token boundaries")
     p_show.add_argument("task", help="task name (see `list`)")
-    p_show.add_argument("--n", type=int, default=4,
+    p_show.add_argument("--n", type=whole_number(1), default=4,
                         help="number of pairs to show (of natural examples with --split natural)")
     p_show.add_argument("--split", choices=SPLITS, default="prune",
                         help="prune: pruning templates; heldout: held-out templates; natural: "
@@ -237,10 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_show.add_argument("--source", default=None,
                         help="for --split natural: a .py file or a directory of them to mine "
                              "(default: the validation split of the stdlib corpus)")
-    p_show.add_argument("--eval-pairs", type=int, default=256,
+    p_show.add_argument("--eval-pairs", type=whole_number(1), default=256,
                         help="with --checkpoint: number of pairs (or natural examples) the model "
                              "is scored on")
-    p_show.add_argument("--device", default="cpu", help="with --checkpoint: torch device")
+    p_show.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu",
+                        help="with --checkpoint: where the model runs")
     p_show.set_defaults(func=_cmd_show)
     return parser
 
@@ -249,9 +257,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except TaskError as e:
+    except (TaskError, CheckpointError, TokenizerError, ConfigError, UsageError) as e:
+        # One line, exit code 2, like every other error of the project's commands.
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return 2
 
 
 if __name__ == "__main__":
