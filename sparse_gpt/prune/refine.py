@@ -21,6 +21,8 @@ from ..tasks.base import TaskBatch
 from .objective import Evaluator
 from .pruner import Pruner, PruneRun, top_k_gates
 
+MIN_GREEDY_SECONDS = 90.0
+
 
 def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
     """(C, N) gate sets: `keep` minus each entry of `drop` (each a tensor of node indices)."""
@@ -31,26 +33,31 @@ def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
 
 
 def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, target: float,
-                  deadline: float = math.inf, rounds: int = 4, estimated_rounds: int = 1) -> torch.Tensor:
+                  deadline: float = math.inf, rounds: int = 4, estimated_rounds: int = 1,
+                  max_exact: int = 160) -> torch.Tensor:
     """The kept set after greedy removal: nodes go while the raw loss `judge(gate_sets)` (C,)
     stays <= target.
 
     Each round ranks the kept nodes by the loss of removing each alone on `screen`: the first
-    `estimated_rounds` by the first-order estimate (one backward), the others exactly (every kept
-    node's removal, in a few batched forwards). It then finds by bisection the longest prefix of the harmless ones (those whose
-    single removal keeps `screen` at target) that can go together, judged by `judge`, and removes
-    it. Stops when a round removes nothing, after `rounds`, or at `deadline` (perf_counter)."""
+    `estimated_rounds` by the first-order estimate (one backward), the others exactly (each
+    removal of the `max_exact` nodes the estimate ranks first, in a few batched forwards). It
+    then finds by bisection the longest prefix of the harmless ones (those whose single removal
+    keeps `screen` at target) that can go together, judged by `judge`, and removes it. Stops when a round removes nothing, after `rounds`, or at `deadline` (perf_counter)."""
     keep = keep.clone()
     for r in range(rounds):
         if time.perf_counter() > deadline:
             break
         kept = keep.nonzero().flatten()
+        estimate = ev.loss(screen, keep.float()) + ev.removal_estimates(screen, keep)[kept]
         if r >= estimated_rounds:
-            single = ev.losses_many(screen, _without(keep, [i[None] for i in kept]))
+            # exact removal losses for the most promising nodes only: a round's cost stays bounded
+            # however large the circuit
+            best = estimate.argsort()[:max_exact]
+            kept, single = kept[best], ev.losses_many(screen, _without(keep, [i[None] for i in kept[best]]))
         else:
-            single = ev.loss(screen, keep.float()) + ev.removal_estimates(screen, keep)[kept]
+            single = estimate
         order = single.argsort()
-        harmless = kept[order[single[order] <= target]][:len(kept) - 1]  # a circuit keeps at least one node
+        harmless = kept[order[single[order] <= target]][:int(keep.sum()) - 1]  # a circuit keeps at least one node
         removed = {0: True}
 
         def ok(j: int) -> bool:
@@ -107,9 +114,10 @@ def refine(pruner: Pruner, run: PruneRun, deadline: float = math.inf) -> PruneRu
     target, device = s.target_loss, pruner.device
     stages = list(run.stages)
     keep = run.keep.to(device)
-    # the first greedy pass runs whatever the deadline (it is where most of the refinement's gain is);
-    # the retraining and the second pass only in the time left
-    keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, keep, target)
+    # the first greedy pass gets 90 s whatever the deadline (it is where most of the refinement's
+    # gain is); the retraining and the second pass only run in the time left
+    keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, keep, target,
+                         deadline=max(deadline, time.perf_counter() + MIN_GREEDY_SECONDS))
     stages.append({"stage": "greedy", "nodes": int(keep.sum()), "loss": float(pruner.judge(keep.float()[None]))})
     if time.perf_counter() < deadline:
         retrained = retrain_within(pruner, run, keep.cpu()).to(device)
