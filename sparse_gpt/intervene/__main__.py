@@ -5,7 +5,8 @@
     python -m sparse_gpt.intervene --checkpoint runs/cpu-small --set '3.attn.v[5]=2.5' --task single_double_quote
 
 With --task, the prompts are the task's held-out pairs and each one's two-way probability is of its
-own correct answer against the alternative. --ablate sets a node to its mean over pretraining text
+own correct answer against the alternative, as tokens the task's own encoding picks (on a tokenizer
+that merges a closing quote with what follows, `")` against `')`). --ablate sets a node to its mean over pretraining text
 (--ablation zero: to 0). Nodes are set at every position unless --at last.
 """
 import argparse
