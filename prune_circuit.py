@@ -17,6 +17,7 @@ from sparse_gpt.checkpoint import CheckpointError
 from sparse_gpt.config import resolve_device
 from sparse_gpt.loading import load_any
 from sparse_gpt.circuit import CircuitError, Metrics
+from sparse_gpt.cli import OneLineParser, whole_number
 from sparse_gpt.nodes import ABLATIONS
 from sparse_gpt.pipeline import CircuitPipeline, geometric_mean
 from sparse_gpt.prune import PruneConfig, Score, TargetUnreachableError
@@ -30,7 +31,7 @@ DEFAULT_BUDGET = 2.0
 
 def parse_args(argv=None):
     d = PruneConfig()
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="run or checkpoint directory, or an OpenAI model directory")
     p.add_argument("--task", required=True, help="task name, or 'all' for every task (see python -m sparse_gpt.tasks list)")
     p.add_argument("--out", help="output directory (default: <checkpoint run>/circuits); one subdirectory per task")
@@ -39,19 +40,19 @@ def parse_args(argv=None):
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     p.add_argument("--mask", choices=["heaviside", "hard_concrete"], default=d.mask,
                    help="mask type: the paper's Heaviside + surrogate gradient, or hard-concrete with a Lagrangian size target")
-    p.add_argument("--target-size", type=int, default=d.target_size, help="nodes the hard-concrete Lagrangian aims for")
+    p.add_argument("--target-size", type=whole_number(1), default=d.target_size, help="nodes the hard-concrete Lagrangian aims for")
     p.add_argument("--tie-qk", action="store_true", help="one mask for each q channel and its k channel")
     p.add_argument("--freeze-norms", action="store_true",
                    help="freeze every RMSNorm's scale at the unpruned model's (larger, more faithful circuits)")
     p.add_argument("--natural-frac", type=float, default=d.natural_frac,
                    help="share of each pruning batch taken from natural examples mined from held-out code")
-    p.add_argument("--steps", type=int, default=d.steps, help="mask optimisation steps per run")
+    p.add_argument("--steps", type=whole_number(1), default=d.steps, help="mask optimisation steps per run")
     p.add_argument("--k-coef", type=float, default=d.k_coef, help="starting weight of the node-count penalty")
     p.add_argument("--lr", type=float, default=d.lr, help="mask learning rate")
     p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                    help="minutes for the search of each task's circuit (Optuna TPE over k_coef, lr, steps, "
                         "schedules, init and seed, then refinement); 0 runs the fixed --search-runs search")
-    p.add_argument("--search-runs", type=int, default=None,
+    p.add_argument("--search-runs", type=whole_number(1), default=None,
                    help=f"mask runs in the fixed k_coef/lr/seed search with --budget 0 (default {d.search_runs}); "
                         "with a budget, the most trials the search may run")
     p.add_argument("--no-refine", action="store_true",
@@ -63,6 +64,8 @@ def parse_args(argv=None):
                         "sizes beside the default one (two more searches)")
     p.add_argument("--no-html", action="store_true",
                    help="skip the interactive circuit.html (its node panels take ~0.1 s per node on the CPU model)")
+    p.add_argument("--allow-chance-target", action="store_true",
+                   help="accept a --target-loss at or above chance (ln 2); for smoke tests of the pipeline only")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p.parse_args(argv)
 
@@ -104,7 +107,7 @@ def prune_config(args) -> PruneConfig:
                        natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
                        search_runs=args.search_runs or PruneConfig.search_runs, max_trials=args.search_runs or 0,
                        seed=args.seed, budget=args.budget,
-                       refine=not args.no_refine)
+                       refine=not args.no_refine, allow_chance_target=args.allow_chance_target)
 
 
 def print_summary(rows: list[tuple[str, Metrics | Score]], failed: list[str]) -> list[Metrics]:

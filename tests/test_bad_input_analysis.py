@@ -226,12 +226,40 @@ def test_bad_input_is_one_clean_line(name, args, expected, setup, run_dir: Path,
     assert not (tmp_path / "xdg").exists(), "something was cached"
 
 
-CLEAN_CASES = len(CASES)
+# prune_circuit.py is a script, not a module: its cases run it by path, on the same copied run.
+PRUNE_CASES = [
+    ("prune --steps 0", ["--steps", "0"], "argument --steps: must be at least 1, got 0"),
+    ("prune --search-runs 0", ["--search-runs", "0"], "argument --search-runs: must be at least 1, got 0"),
+    ("prune --target-loss at chance", ["--target-loss", "0.7"], "at or above chance (ln 2 = 0.693)"),
+    ("prune --target-loss nan", ["--target-loss", "nan"], "target loss must be positive, got nan"),
+    ("prune --target-loss negative", ["--target-loss", "-0.1"], "target loss must be positive, got -0.1"),
+    ("prune --k-coef negative", ["--k-coef", "-1"], "k_coef must be a positive number, got -1.0"),
+    ("prune --lr inf", ["--lr", "inf"], "lr must be a positive number, got inf"),
+    ("prune --budget negative", ["--budget", "-1"], "budget must be a non-negative number of minutes"),
+    ("prune --steps not a number", ["--steps", "many"], "argument --steps: expected a whole number, got 'many'"),
+]
+
+
+@pytest.mark.parametrize("name, args, expected", PRUNE_CASES, ids=[c[0] for c in PRUNE_CASES])
+def test_bad_prune_input_is_one_clean_line(name, args, expected, run_dir: Path, tmp_path: Path, env):
+    before = snapshot(run_dir)
+    proc = subprocess.run([sys.executable, "prune_circuit.py", "--checkpoint", str(run_dir), "--task",
+                           "single_double_quote", "--no-progress", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env=env)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert snapshot(run_dir) == before, "the checkpoint changed"
+    assert not (tmp_path / "xdg" / "sparse_gpt").exists(), "something was cached"  # matplotlib may cache fonts
+
+
+CLEAN_CASES = len(CASES) + len(PRUNE_CASES)
 
 
 def test_docs_list_every_case():
     doc = (ROOT / "docs" / "reliability.md").read_text()
-    missing = [name for name, *_ in CASES if f"| {name} |" not in doc]
+    missing = [name for name, *_ in CASES + PRUNE_CASES if f"| {name} |" not in doc]
     assert not missing, f"docs/reliability.md lacks rows for {missing}"
 
 

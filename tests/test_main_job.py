@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_main_job_shortened(tmp_path):
     out = tmp_path / "run"
-    env = dict(os.environ, PRUNE_ARGS="--steps 10 --search-runs 1 --no-control --target-loss 5 --no-progress")
+    env = dict(os.environ, PRUNE_ARGS="--steps 10 --search-runs 1 --no-control --target-loss 5 --allow-chance-target --no-progress")
     proc = subprocess.run(["bash", "scripts/main.sh", "--out", str(out), "--steps", "30", "--no-progress",
                            "--set", "train.eval_interval=15", "--set", "train.ckpt_interval=15"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)

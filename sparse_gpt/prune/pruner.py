@@ -34,6 +34,9 @@ class TargetUnreachableError(ValueError):
         self.full = full  # the full model's score on the held-out pairs
 
 
+
+CHANCE_LOSS = math.log(2)  # the two-way loss of a coin flip
+
 @dataclass
 class PruneConfig:
     target_loss: float = 0.15
@@ -65,6 +68,7 @@ class PruneConfig:
     pool_pairs: int = 512           # templated pairs the masks train on
     eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
     search_runs: int = 3            # mask runs in the built-in search
+    allow_chance_target: bool = False  # smoke tests of the pipeline only: accept a target >= ln 2
     seed: int = 0
 
     def validate(self) -> "PruneConfig":
@@ -72,8 +76,17 @@ class PruneConfig:
             raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
         if self.mask not in ("heaviside", "hard_concrete"):
             raise ValueError(f"mask must be 'heaviside' or 'hard_concrete', got {self.mask!r}")
-        if not 0 < self.target_loss:
+        if not 0 < self.target_loss < math.inf:
             raise ValueError(f"target loss must be positive, got {self.target_loss}")
+        if self.target_loss >= CHANCE_LOSS and not self.allow_chance_target:
+            raise ValueError(f"target loss {self.target_loss} is at or above chance (ln 2 = {CHANCE_LOSS:.3f}): "
+                             "a circuit of one node would meet it; pick a target below chance")
+        for name in ("k_coef", "lr"):
+            value = getattr(self, name)
+            if not 0 < value < math.inf:
+                raise ValueError(f"{name} must be a positive number, got {value}")
+        if self.search_runs < 1:
+            raise ValueError(f"search_runs must be at least 1, got {self.search_runs}")
         if not 0 <= self.natural_frac < 1:
             raise ValueError(f"natural_frac must be in [0, 1), got {self.natural_frac}")
         if not 0 <= self.k_warmup < 1:
