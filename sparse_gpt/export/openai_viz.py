@@ -134,7 +134,7 @@ def viz_data(inp: ExportInput, contexts=None, log=print) -> dict:
             for loc in layout.locations:
                 if loc.name.startswith(f"{i}.{part}."):
                     off[loc.slice] = 0.0
-            layer_losses[f"{i}.{part}"] = _THEIR_LOSS * ev.loss(batch, off, circuit.calibration)
+            layer_losses[f"{i}.{part}"] = _THEIR_LOSS * ev.loss(batch, off)  # raw, as the node losses beside it
 
     names_at = {loc: [f"{loc}[{j}]" for j in idx.tolist()] for loc, idx in kept.items()}
     ch_losses = {loc: [_THEIR_LOSS * details.nodes[n].circuit_without for n in names]
