@@ -198,6 +198,14 @@ CASES = [
 ]
 
 
+def assert_one_clean_line(proc: subprocess.CompletedProcess, expected: str) -> None:
+    """Exit status 2 and one `error:` line that says `expected`; no traceback."""
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+
+
 def _fill(args: list[str], tmp: Path, run: Path) -> list[str]:
     subs = {"RUN": str(run), "TMP": str(tmp)}
     out = []
@@ -217,10 +225,7 @@ def test_bad_input_is_one_clean_line(name, args, expected, setup, run_dir: Path,
     before_run, before_work = snapshot(run_dir), snapshot(work)
     module, *rest = _fill(args, work, run_dir)
     proc = run_module(module, rest, env)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert_one_clean_line(proc, expected)
     assert snapshot(run_dir) == before_run, "the checkpoint changed"
     assert snapshot(work) == before_work, "files appeared or changed"
     assert not (tmp_path / "xdg").exists(), "something was cached"
@@ -246,10 +251,7 @@ def test_bad_prune_input_is_one_clean_line(name, args, expected, run_dir: Path, 
     proc = subprocess.run([sys.executable, "prune_circuit.py", "--checkpoint", str(run_dir), "--task",
                            "single_double_quote", "--no-progress", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=300, env=env)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
+    assert_one_clean_line(proc, expected)
     assert snapshot(run_dir) == before, "the checkpoint changed"
     assert not (tmp_path / "xdg" / "sparse_gpt").exists(), "something was cached"  # matplotlib may cache fonts
 
