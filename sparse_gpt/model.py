@@ -125,7 +125,11 @@ class CausalSelfAttention(nn.Module):
         # A sink is an extra key/value slot with k = v = 0 whose score is a learned per-head logit;
         # it lets a head attend "nowhere", which thresholding heads need.
         self.sink_logit = nn.Parameter(torch.zeros(cfg.n_head)) if cfg.attn_sink else None
-        self.flash_sink = True  # False: the masked reference path (benchmarks compare the two)
+        # None: the flash kernel on CUDA, the masked path elsewhere. The flash path is exact but rounds
+        # differently in float32; on CPU the masked path reproduces earlier runs bit for bit (the main
+        # job's model only just solves its quote task, so rounding decides whether it does).
+        # True / False force one path (benchmarks compare the two).
+        self.flash_sink: bool | None = None
         self.sparse_q = _act_sparsity(cfg, "q", width)
         self.sparse_k = _act_sparsity(cfg, "k", width)
         self.sparse_v = _act_sparsity(cfg, "v", width)
@@ -147,7 +151,8 @@ class CausalSelfAttention(nn.Module):
         if self.sink_logit is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
-            y = sink_attention(q, k, v, self.sink_logit, flash=self.flash_sink)
+            flash = q.is_cuda if self.flash_sink is None else self.flash_sink
+            y = sink_attention(q, k, v, self.sink_logit, flash=flash)
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.d_head)  # (B, T, nh*hs)
         return self.hook_resid_delta(self.sparse_out(self.c_proj(y)))
 
