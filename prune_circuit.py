@@ -6,7 +6,8 @@
     python prune_circuit.py --checkpoint path/to/openai_model_dir --task bracket_counting
 
 Writes OUT/<task>/circuit.json (nodes, edges, calibration, bisection curve, validation metrics), the
-diagram circuit.png / circuit.svg and the interactive viewer circuit.html beside it, and prints a table: full-model loss and accuracy, circuit loss, nodes, edges, necessity, random baseline.
+diagram circuit.png / circuit.svg and the interactive viewer circuit.html beside it, and prints a table: full-model loss and accuracy, circuit loss, nodes, edges (the weights the circuit keeps, and every
+weight between its nodes), necessity, random baseline.
 """
 import argparse
 import math
@@ -57,6 +58,9 @@ def parse_args(argv=None):
                         "with a budget, the most trials the search may run")
     p.add_argument("--no-refine", action="store_true",
                    help="skip the greedy removal and retraining inside the discretised circuit")
+    p.add_argument("--no-edge-mask", action="store_true",
+                   help="keep every weight between the circuit's nodes (skip the weight-level pruning that "
+                        "follows the node search)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed for prompts and masks")
     p.add_argument("--no-control", action="store_true", help="skip the nonsense-task control")
     p.add_argument("--variants", action="store_true",
@@ -74,22 +78,23 @@ def fmt(x, spec=".3f"):
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-HEAD = ["task", "full loss", "full acc", "circuit loss (raw/cal)", "nodes", "edges", "necessity", "random",
-        "natural acc (full/raw/cal)", "passed"]
+HEAD = ["task", "full loss", "full acc", "circuit loss (raw/cal)", "nodes", "edges", "node-level edges",
+        "necessity", "random", "natural acc (full/raw/cal)", "passed"]
 
 
 def table_row(task: str, result: Metrics | Score) -> list[str]:
     """One line of the table: a validated circuit's metrics, or the full model's score on a task
     whose target it cannot reach."""
     if isinstance(result, Score):
-        return [task, fmt(result.loss), fmt(result.accuracy, ".2f"), "-", "-", "-", "-", "-", "-",
+        return [task, fmt(result.loss), fmt(result.accuracy, ".2f"), "-", "-", "-", "-", "-", "-", "-",
                 "full model above target"]
     m = result
     full, circuit = m.full["templated"], m.circuit["templated"]
     nat = (f"{m.full['natural'].accuracy:.2f}/{m.circuit_uncalibrated['natural'].accuracy:.2f}/"
            f"{m.circuit['natural'].accuracy:.2f}" if "natural" in m.full else "-")
     return [task, fmt(full.loss), fmt(full.accuracy, ".2f"), f"{fmt(m.circuit_uncalibrated['templated'].loss)}/{fmt(circuit.loss)}",
-            str(m.nodes), str(m.edges), fmt(m.necessity.loss), fmt(m.random.mean), nat, "yes" if m.passed else "NO"]
+            str(m.nodes), str(m.edges), fmt(m.node_level_edges, "d"), fmt(m.necessity.loss), fmt(m.random.mean), nat,
+            "yes" if m.passed else "NO"]
 
 
 def print_table(rows: list[tuple[str, Metrics | Score]]) -> None:
@@ -107,7 +112,8 @@ def prune_config(args) -> PruneConfig:
                        natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
                        search_runs=args.search_runs or PruneConfig.search_runs, max_trials=args.search_runs or 0,
                        seed=args.seed, budget=args.budget,
-                       refine=not args.no_refine, allow_chance_target=args.allow_chance_target)
+                       refine=not args.no_refine, edge_mask=not args.no_edge_mask,
+                       allow_chance_target=args.allow_chance_target)
 
 
 def print_summary(rows: list[tuple[str, Metrics | Score]], failed: list[str]) -> list[Metrics]:
@@ -159,7 +165,8 @@ def main(argv=None) -> int:
             continue
         m = circuit.metrics
         rows.append((name, m))
-        print(f"{name}: {m.nodes} nodes, {m.edges} edges, raw circuit loss "
+        level = f" of {m.node_level_edges} between its nodes" if m.node_level_edges not in (None, m.edges) else ""
+        print(f"{name}: {m.nodes} nodes, {m.edges} edges{level}, raw circuit loss "
               f"{m.circuit_uncalibrated['templated'].loss:.3f} ({m.seconds:.0f} s) -> {out / name / 'circuit.json'}",
               file=sys.stderr)
         if m.faithfulness:

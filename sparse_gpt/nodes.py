@@ -148,37 +148,108 @@ class NodeLayout:
 
 # ----- weights between kept nodes ----------------------------------------------------------------
 
-def circuit_edges(model, layout: NodeLayout, keep: torch.Tensor) -> list[CircuitEdge]:
-    """Nonzero weights whose two end nodes are both kept (c_fc, mlp c_proj, c_attn, attn c_proj).
+# (module path under transformer.h.{i}, source location, target location, part of c_attn or None)
+_MATRICES = (("attn.c_attn", "attn.act_in", "attn.q", 0), ("attn.c_attn", "attn.act_in", "attn.k", 1),
+             ("attn.c_attn", "attn.act_in", "attn.v", 2), ("attn.c_proj", "attn.v", "attn.resid_delta", None),
+             ("mlp.c_fc", "mlp.act_in", "mlp.post_act", None), ("mlp.c_proj", "mlp.post_act", "mlp.resid_delta", None))
 
-    The attention output channel j carries v channel j (mixed across positions, not across channels),
-    so the attn c_proj edges start at v channels.
-    """
-    kept = layout.kept_per_location(keep)
+
+@dataclass(frozen=True)
+class EdgeGroup:
+    """The edges of one weight matrix between two node locations, as index vectors."""
+    module: str          # the nn.Linear, e.g. 'transformer.h.0.mlp.c_fc'
+    source: str          # source location, e.g. '0.mlp.act_in' (the matrix's input columns)
+    target: str          # target location, e.g. '0.mlp.post_act'
+    row_offset: int      # the target's first row in the matrix (q, k and v share c_attn)
+    src: torch.Tensor    # (E_g,) source index within its location
+    dst: torch.Tensor    # (E_g,) target index within its location
+    weight: torch.Tensor  # (E_g,) the weights, float32
+    offset: int          # index of this group's first edge in the flat edge vector
+
+    @property
+    def matrix(self) -> str:
+        return f"{self.module}.weight"
+
+    @property
+    def slice(self) -> slice:
+        return slice(self.offset, self.offset + len(self.src))
+
+
+class EdgeSet:
+    """Every nonzero weight whose two end nodes are kept, numbered 0..E-1 in one flat vector
+    (layer by layer: c_attn's q, k, v rows, attn c_proj, mlp c_fc, mlp c_proj; within a matrix,
+    target-major), so an edge mask is one tensor. The attention output channel j carries v channel j
+    (mixed across positions, not across channels), so the attn c_proj edges start at v channels."""
+
+    def __init__(self, groups: list[EdgeGroup]):
+        self.groups = groups
+        self.n_edges = sum(len(g.src) for g in groups)
+
+    def __len__(self) -> int:
+        return self.n_edges
+
+    def records(self, keep: torch.Tensor | None = None) -> list[CircuitEdge]:
+        """The edges as records, in edge order; with `keep` ((E,) bool), only the kept ones."""
+        out = []
+        for g in self.groups:
+            on = None if keep is None else keep[g.slice].tolist()
+            for j, (s, d, w) in enumerate(zip(g.src.tolist(), g.dst.tolist(), g.weight.tolist())):
+                if on is None or on[j]:
+                    out.append(CircuitEdge(f"{g.source}[{s}]", f"{g.target}[{d}]", w, g.matrix))
+        return out
+
+    def mask_of(self, records) -> torch.Tensor:
+        """(E,) bool: which edges `records` (CircuitEdge or dicts with source, target, matrix) list.
+        A record that is not one of these edges raises KeyError naming it."""
+        index = {(e.source, e.target, e.matrix): i for i, e in enumerate(self.records())}
+        keep = torch.zeros(self.n_edges, dtype=torch.bool)
+        for r in records:
+            key = (r.source, r.target, r.matrix) if isinstance(r, CircuitEdge) else (r["source"], r["target"], r["matrix"])
+            if key not in index:
+                raise KeyError(f"edge {key[0]} -> {key[1]} ({key[2]}) is not a nonzero weight between the "
+                               "circuit's nodes in this model")
+            keep[index[key]] = True
+        return keep
+
+    def node_degrees(self, layout: NodeLayout, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) number of kept edges into and out of every node, for an edge mask `keep` (E,)."""
+        into = torch.zeros(layout.n_nodes, dtype=torch.long)
+        out = torch.zeros(layout.n_nodes, dtype=torch.long)
+        for g in self.groups:
+            on = keep[g.slice].cpu()
+            into.index_add_(0, layout.by_name[g.target].offset + g.dst, on.long())
+            out.index_add_(0, layout.by_name[g.source].offset + g.src, on.long())
+        return into, out
+
+
+def edge_set(model, layout: NodeLayout, keep: torch.Tensor) -> EdgeSet:
+    """The EdgeSet of the nonzero weights between the nodes `keep` ((N,) bool) keeps."""
+    kept = layout.kept_per_location(keep.cpu())
     width = model.config.n_head * model.config.d_head
-    edges: list[CircuitEdge] = []
-
-    def add(matrix_name: str, w: torch.Tensor, src_loc: str, dst_loc: str, row_offset: int = 0):
-        src, dst = kept.get(src_loc), kept.get(dst_loc)
-        if src is None or dst is None:
-            return
-        sub = w[(dst + row_offset)[:, None], src[None, :]]  # (dst, src): nn.Linear is (out, in)
-        for d, s in sub.nonzero().tolist():
-            edges.append(CircuitEdge(f"{src_loc}[{int(src[s])}]", f"{dst_loc}[{int(dst[d])}]",
-                                     float(sub[d, s]), matrix_name))
-
-    weight = lambda m: m.weight.detach().float().cpu()
+    groups, offset = [], 0
     with torch.no_grad():
-        for i, block in enumerate(model.transformer.h):
-            prefix = f"transformer.h.{i}"
-            for j, part in enumerate("qkv"):
-                add(f"{prefix}.attn.c_attn.weight", weight(block.attn.c_attn), f"{i}.attn.act_in",
-                    f"{i}.attn.{part}", j * width)
-            add(f"{prefix}.attn.c_proj.weight", weight(block.attn.c_proj), f"{i}.attn.v", f"{i}.attn.resid_delta")
-            add(f"{prefix}.mlp.c_fc.weight", weight(block.mlp.c_fc), f"{i}.mlp.act_in", f"{i}.mlp.post_act")
-            add(f"{prefix}.mlp.c_proj.weight", weight(block.mlp.c_proj), f"{i}.mlp.post_act",
-                f"{i}.mlp.resid_delta")
-    return edges
+        for i in range(model.config.n_layer):
+            for module, src_suffix, dst_suffix, part in _MATRICES:
+                src_loc, dst_loc = f"{i}.{src_suffix}", f"{i}.{dst_suffix}"
+                src, dst = kept.get(src_loc), kept.get(dst_loc)
+                if src is None or dst is None:
+                    continue
+                name = f"transformer.h.{i}.{module}"
+                w = model.get_submodule(name).weight.detach().float().cpu()
+                row_offset = 0 if part is None else part * width
+                sub = w[(dst + row_offset)[:, None], src[None, :]]  # (dst, src): nn.Linear is (out, in)
+                d, s = sub.nonzero().unbind(1)
+                if len(d):
+                    groups.append(EdgeGroup(name, src_loc, dst_loc, row_offset, src[s], dst[d], sub[d, s], offset))
+                    offset += len(d)
+    return EdgeSet(groups)
+
+
+def circuit_edges(model, layout: NodeLayout, keep: torch.Tensor, edge_keep: torch.Tensor | None = None
+                  ) -> list[CircuitEdge]:
+    """Nonzero weights whose two end nodes are both kept (c_attn, attn c_proj, mlp c_fc, mlp c_proj);
+    with `edge_keep` (a mask over edge_set(model, layout, keep)), only the weights it keeps."""
+    return edge_set(model, layout, keep).records(edge_keep)
 
 
 # ----- what an ablated node carries ----------------------------------------------------------------

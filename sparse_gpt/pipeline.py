@@ -18,7 +18,7 @@ from .circuit import Circuit, Control, Provenance, evaluate_circuit, load_circui
 from .data import validation_texts
 from .explain import NodeContexts, node_contexts
 from .loading import LoadedModel, load_any
-from .nodes import NodeLayout, circuit_edges, load_or_compute_means
+from .nodes import NodeLayout, circuit_edges, edge_set, load_or_compute_means
 from .prune import PruneConfig, Pruner, PruneRun
 from .render import render_html, render_static
 from .tasks import get_task
@@ -71,9 +71,11 @@ class CircuitPipeline:
     def variants(self, task_name: str, progress: bool = True) -> dict:
         """The same search under the other rules a circuit's size depends on, reported beside the
         default (never instead of it): every norm's scale frozen at the full model's, and zero
-        ablation instead of the pretraining mean."""
+        ablation instead of the pretraining mean. Node-level circuits (their edges: every weight
+        between their nodes), so the sizes compare with the default's node-level edges."""
         out = {}
         for label, change in (("frozen_norms", {"freeze_norms": True}), ("zero_ablation", {"ablation": "zero"})):
+            change = change | {"edge_mask": False}
             cfg = replace(self.cfg, **change)
             best, _ = self.pruner(task_name, cfg=cfg).search(progress=progress, log=self.log)
             out[label] = {"nodes": best.n_nodes, "edges": len(circuit_edges(self.loaded.model, self.layout, best.keep)),
@@ -103,10 +105,11 @@ class CircuitPipeline:
             task=task_name, seed=self.cfg.seed, pruner=best.settings, sparse_gpt_version=__version__,
             torch=torch.__version__, python=platform.python_version(),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        edges = edge_set(model, self.layout, best.keep)
         return Circuit(provenance=provenance, model=asdict(model.config),
                        nodes=self.layout.circuit_nodes(best.keep, best.scores),
-                       edges=circuit_edges(model, self.layout, best.keep), calibration=best.calibration,
-                       bisection=best.curve)
+                       edges=edges.records(best.edge_keep), calibration=best.calibration, bisection=best.curve,
+                       node_level_edges=len(edges) if best.edge_keep is not None else None)
 
     def extract(self, task_name: str, out_dir: Path, progress: bool = True, with_control: bool = True,
                 viewer: bool = True, variants: bool = False) -> Circuit:
@@ -118,6 +121,7 @@ class CircuitPipeline:
         metrics = evaluate_circuit(self.loaded.model, circuit, get_task(task_name), self.loaded.tokenizer,
                                    self.means, natural_texts=self.natural_texts, scores=best.scores)
         metrics.search = [r.summary() for r in runs]
+        metrics.edge_stage = best.edge_stage
         metrics.total_nodes = self.layout.n_nodes
         if with_control:
             metrics.control = self.control(progress)

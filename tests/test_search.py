@@ -36,6 +36,6 @@ def test_bad_budgets_are_refused():
 def test_one_trial_is_the_configured_run():
     """--search-runs 1 with a budget: exactly the configured settings, once (the main job's test
     path); the enqueued first trial must not count before it has run."""
-    *_, pruner, _ = prune_planted(steps=60, budget=2.0, max_trials=1, refine=False)
+    *_, pruner, _ = prune_planted(steps=60, budget=2.0, max_trials=1, refine=False, edge_mask=False)
     best, runs = pruner.search(progress=False)
     assert len(runs) == 1 and runs[0].settings.steps == 60 and best is runs[0]

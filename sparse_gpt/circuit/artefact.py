@@ -9,6 +9,7 @@ circuit.json:
   "nodes": [{"name": "0.mlp.post_act[12]", "location": "0.mlp.post_act", "layer": 0,
              "kind": "mlp_neuron", "index": 12, "score": 0.83}, ...],
   "edges": [{"source": ..., "target": ..., "weight": ..., "matrix": ...}, ...],
+  "node_level_edges": 302,   (only in a weight-level circuit: every nonzero weight between its nodes)
   "calibration": {"scale", "bias", "loss"},
   "bisection": [[k, loss], ...],
   "metrics": {...},
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from ..fileio import atomic_write_text
-from ..nodes import LOCATION_KINDS, CircuitEdge, CircuitNode, NodeLayout, ablation_values
+from ..nodes import LOCATION_KINDS, CircuitEdge, CircuitNode, EdgeSet, NodeLayout, ablation_values, edge_set
 from ..prune.objective import Calibration
 from ..prune.pruner import PruneConfig
 from .metrics import Metrics, MetricsError
@@ -34,6 +35,7 @@ from .metrics import Metrics, MetricsError
 SCHEMA = "sparse_gpt.circuit/1"
 _SECTIONS = {"schema": str, "provenance": dict, "model": dict, "nodes": list, "edges": list,
              "calibration": dict, "bisection": list, "metrics": dict, "checksum": str}
+_OPTIONAL = {"node_level_edges": int}
 
 
 class CircuitError(ValueError):
@@ -91,7 +93,12 @@ def _pruner_settings(d: dict, where: str) -> PruneConfig:
 
 @dataclass
 class Circuit:
-    """A circuit: its nodes and the weights between them, how it was found, and how well it does."""
+    """A circuit: its nodes and the weights between them, how it was found, and how well it does.
+
+    `edges` are the weights the circuit keeps. In a weight-level circuit (`node_level_edges` set)
+    they are a subset of the nonzero weights between its nodes, the others pruned (each passes on
+    its source's ablation value times the weight); without it (a node-level circuit, or a file
+    written before weight-level circuits) they are all of them."""
     provenance: Provenance
     model: dict[str, Any]                         # the model's config, as asdict(ModelConfig) gave it
     nodes: list[CircuitNode]
@@ -99,6 +106,7 @@ class Circuit:
     calibration: Calibration
     bisection: list[tuple[int, float]] = field(default_factory=list)  # (kept nodes, held-out loss)
     metrics: Metrics | None = None   # circuit.validate.evaluate_circuit's, None before validation
+    node_level_edges: int | None = None  # weight-level circuits: the nonzero weights between the nodes
 
     # -- reading --
 
@@ -118,6 +126,15 @@ class Circuit:
         """(N,) bool mask of the circuit's nodes in `layout`'s numbering."""
         return layout.keep_mask(self.node_names)
 
+    def edge_mask(self, model, layout: NodeLayout) -> tuple[EdgeSet, torch.Tensor]:
+        """The weights between the circuit's nodes in `model` and the (E,) bool mask of those the
+        circuit keeps. A listed edge that is not such a weight raises CircuitError."""
+        edges = edge_set(model, layout, self.keep_mask(layout))
+        try:
+            return edges, edges.mask_of(self.edges)
+        except KeyError as e:
+            raise CircuitError(f"{e.args[0]} (was the circuit extracted from other weights?)") from None
+
     def ablation_values(self, means: torch.Tensor) -> torch.Tensor:
         """What a node outside the circuit carries, under the ablation the circuit was pruned with."""
         return ablation_values(self.settings.ablation, means)
@@ -130,6 +147,8 @@ class Circuit:
                 "nodes": [n.to_dict() for n in self.nodes], "edges": [e.to_dict() for e in self.edges],
                 "calibration": self.calibration.to_dict(), "bisection": [list(p) for p in self.bisection],
                 "metrics": self.metrics.to_dict() if self.metrics is not None else {}}
+        if self.node_level_edges is not None:
+            body["node_level_edges"] = self.node_level_edges
         return body | {"checksum": checksum(body)}
 
     @classmethod
@@ -142,6 +161,9 @@ class Circuit:
                 raise CircuitError(f"{where}: missing field {key!r}")
             if not isinstance(d[key], tp):
                 raise CircuitError(f"{where}: field {key!r} should be a {tp.__name__}")
+        for key, tp in _OPTIONAL.items():
+            if key in d and not (isinstance(d[key], tp) and not isinstance(d[key], bool) and d[key] >= 0):
+                raise CircuitError(f"{where}: field {key!r} should be a whole number >= 0, got {d[key]!r}")
         if d["schema"] != SCHEMA:
             raise CircuitError(f"{where}: schema {d['schema']!r} is not the supported {SCHEMA!r}")
         if d["checksum"] != checksum(d):
@@ -149,7 +171,8 @@ class Circuit:
         return cls(provenance=Provenance.from_dict(d["provenance"], where), model=d["model"],
                    nodes=_nodes(d["nodes"], where), edges=_edges(d["edges"], d["nodes"], where),
                    calibration=_calibration(d["calibration"], where),
-                   bisection=[(int(k), float(v)) for k, v in d["bisection"]], metrics=_metrics(d["metrics"], where))
+                   bisection=[(int(k), float(v)) for k, v in d["bisection"]], metrics=_metrics(d["metrics"], where),
+                   node_level_edges=d.get("node_level_edges"))
 
     def save(self, path: str | Path) -> Path:
         """Write circuit.json atomically (temp file + fsync + rename), with a fresh checksum."""

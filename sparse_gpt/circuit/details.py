@@ -1,8 +1,9 @@
 """The numbers the viewer shows when a node is clicked, computed from the model the circuit came from.
 
 Per circuit node: its mean activation at the answer position on each side of the task, the task
-loss with only that node ablated (in the full model, and in the circuit, raw: no calibration), and its mean over
-pretraining text (what it carries when mean-ablated).
+loss with only that node ablated (in the full model, and in the circuit, raw: no calibration; a
+weight-level circuit keeps only its own weights), and its mean over pretraining text (what it carries
+when mean-ablated).
 """
 from __future__ import annotations
 
@@ -66,15 +67,20 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
     node_means = means.to(device)
     batch = encode_pairs(task, task.pairs(n_pairs, seed, "prune"), tokenizer, model.config.block_size).to(device)
     # two length buckets, each trimmed to its longest prompt: a third less padding to run
-    ev = Evaluator(model, layout, circuit.ablation_values(node_means), circuit.settings.freeze_norms,
-                   chunk=max(1, (len(batch) + 1) // 2))
+    chunk = max(1, (len(batch) + 1) // 2)
+    ev = Evaluator(model, layout, circuit.ablation_values(node_means), circuit.settings.freeze_norms, chunk=chunk)
+    # the circuit and the circuit without a node: under the circuit's own weights (the weights of
+    # an ablated node carry nothing, so one edge mask serves every node set inside the circuit)
+    edges, edge_keep = circuit.edge_mask(model, layout)
+    cev = Evaluator(model, layout, circuit.ablation_values(node_means), circuit.settings.freeze_norms, chunk=chunk,
+                    edges=edges, edge_gates=edge_keep.float().to(device))
     labels, side = _sides(task, batch, tokenizer)
     side = side.to(device)
     keep = circuit.keep_mask(layout).float().to(device)
     at_answer = _activations_at_answer(model, layout, batch, circuit.node_names)
 
     # raw losses: the circuit is judged without its calibration, and so is every node in it
-    baseline = {"full": ev.loss(batch, None), "circuit": ev.loss(batch, keep)}
+    baseline = {"full": ev.loss(batch, None), "circuit": cev.loss(batch, keep)}
     names = circuit.node_names
     idx = torch.tensor([layout.node_index(n) for n in names], dtype=torch.long, device=device)
     rows = torch.arange(len(names), device=device)
@@ -88,7 +94,7 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
     for start in tqdm(range(0, len(names), step), desc="node details", disable=not progress, leave=False,
                       dynamic_ncols=True):
         losses_alone += ev.losses_many(batch, alone[start:start + step]).tolist()
-        losses_without += ev.losses_many(batch, without[start:start + step]).tolist()
+        losses_without += cev.losses_many(batch, without[start:start + step]).tolist()
     nodes = {}
     for k, name in enumerate(names):
         loc, j = layout.locate(name)

@@ -6,7 +6,8 @@ loss with only those nodes kept (the rest ablated as the circuit was pruned), L_
 kept and L_full the unablated model's. 1 means the nodes do what the model does, 0 what nothing
 does. CPR is the area under f and CMD the area between f and 1 (|1 - f|), both by the trapezoid
 rule over the fraction of nodes kept: a good circuit ranking has CPR near 1 and CMD near 0. The
-circuit itself is one more point: f at its own size.
+circuit itself is one more point: f at its own size (for a weight-level circuit, with only its
+weights; the curve's points keep every weight between the nodes they keep).
 """
 from __future__ import annotations
 
@@ -42,8 +43,10 @@ def _area(x: list[float], y: list[float]) -> float:
 
 
 def faithfulness_curve(ev: Evaluator, batch: TaskBatch, scores: torch.Tensor, circuit_nodes: int,
-                       fractions=FRACTIONS) -> FaithfulnessCurve:
-    """The curve for the ranking `scores` (higher = kept first), every point in batched forwards."""
+                       fractions=FRACTIONS, circuit_loss: float | None = None) -> FaithfulnessCurve:
+    """The curve for the ranking `scores` (higher = kept first), every point in batched forwards.
+    `circuit_loss`: the circuit's own raw loss on `batch`, when it is not its top nodes with every
+    weight between them (a weight-level circuit)."""
     n = len(scores)
     order = scores.argsort(descending=True, stable=True)
     sizes = [max(1, round(f * n)) for f in fractions] + [circuit_nodes, 0]
@@ -60,4 +63,5 @@ def faithfulness_curve(ev: Evaluator, batch: TaskBatch, scores: torch.Tensor, ci
     return FaithfulnessCurve(fractions=fr, nodes=sizes[:len(fractions)], losses=losses[:len(fractions)],
                              faithfulness=faith, loss_full=loss_full, loss_empty=loss_empty,
                              cpr=_area(fr, faith), cmd=_area(fr, [abs(1 - f) for f in faith]),
-                             circuit_nodes=circuit_nodes, circuit_faithfulness=norm(losses[len(fractions)]))
+                             circuit_nodes=circuit_nodes,
+                             circuit_faithfulness=norm(losses[len(fractions)] if circuit_loss is None else circuit_loss))

@@ -56,6 +56,8 @@ class Metrics:
     seconds: float | None = None
     faithfulness: dict | None = None    # the faithfulness curve over the node ranking (circuit.faithfulness)
     variants: dict | None = None        # the circuit's size under other ablation rules, beside the default
+    node_level_edges: int | None = None  # nonzero weights between the nodes (`edges`: those the circuit keeps)
+    edge_stage: dict | None = None      # what the weight-level pruning did (sparse_gpt.prune.edges)
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"target_loss": self.target_loss, "nodes": self.nodes, "edges": self.edges}
@@ -70,7 +72,8 @@ class Metrics:
         if self.final_resid_rms_ratio is not None:
             out["final_resid_rms_ratio"] = self.final_resid_rms_ratio
         out |= {"checks": self.checks, "passed": self.passed}
-        for key in ("search", "total_nodes", "control", "seconds", "faithfulness", "variants"):
+        for key in ("search", "total_nodes", "control", "seconds", "faithfulness", "variants", "node_level_edges",
+                    "edge_stage"):
             value = getattr(self, key)
             if value is not None and not (key == "search" and not value):
                 out[key] = asdict(value) if key == "control" else value
@@ -93,7 +96,8 @@ class Metrics:
                        checks=d["checks"], passed=d["passed"], search=d.get("search", []),
                        total_nodes=d.get("total_nodes"),
                        control=Control(**d["control"]) if d.get("control") is not None else None,
-                       seconds=d.get("seconds"), faithfulness=d.get("faithfulness"), variants=d.get("variants"))
+                       seconds=d.get("seconds"), faithfulness=d.get("faithfulness"), variants=d.get("variants"),
+                       node_level_edges=d.get("node_level_edges"), edge_stage=d.get("edge_stage"))
         except KeyError as e:
             raise MetricsError(f"metrics without {e.args[0]!r}") from None
         except TypeError as e:

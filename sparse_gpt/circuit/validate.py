@@ -1,20 +1,23 @@
 """Evidence for or against a circuit's faithfulness.
 
-Sufficiency: everything outside the circuit ablated, the task still works, judged on the raw
+Sufficiency: everything outside the circuit ablated (for a weight-level circuit, also the weights
+between its nodes it does not keep), the task still works, judged on the raw
 (uncalibrated) loss: a calibration's scale and bias can turn a circuit at chance into a passing
 one, so they are reported beside the raw numbers and never decide. Necessity: only the
-circuit ablated, the task breaks. Random node sets of the same size per location as a baseline;
+circuit's nodes ablated, the task breaks. Random node sets of the same size per location (with
+every weight between their nodes: a stricter baseline than the circuit's own weights) as a baseline;
 held-out templates and natural examples mined from real code to catch template shortcuts; the
 final residual's RMS relative to the full model's (the final norm can amplify a shrunken residual).
 """
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 
 import torch
 
-from ..nodes import NodeLayout
-from ..prune.masks import gated, record_norm_scales
+from ..nodes import EdgeSet, NodeLayout
+from ..prune.masks import edge_gated, gated, record_norm_scales
 from ..prune.objective import IDENTITY, Calibration, Evaluator, Score
 from ..tasks.base import (BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff,
                           two_way_accuracy, two_way_loss)
@@ -39,7 +42,8 @@ def random_keep_like(keep: torch.Tensor, layout: NodeLayout, gen: torch.Generato
 
 
 @torch.no_grad()
-def final_resid_rms_ratio(model, layout, batch, gates, means, freeze_norms: bool) -> float:
+def final_resid_rms_ratio(model, layout, batch, gates, means, freeze_norms: bool, edges: EdgeSet | None = None,
+                          edge_gates: torch.Tensor | None = None) -> float:
     """RMS of the final residual at the scored positions: circuit / full model."""
     T = int(batch.lengths.max())
     x = batch.tokens[:, :T]
@@ -48,7 +52,10 @@ def final_resid_rms_ratio(model, layout, batch, gates, means, freeze_norms: bool
         model(x)
     full = cache["final_resid"][rows, batch.positions]
     scales = record_norm_scales(model, x) if freeze_norms else None
-    with gated(model, layout, gates, means, scales), model.hooks(record=["final_resid"]) as cache:
+    with gated(model, layout, gates, means, scales), ExitStack() as stack:
+        if edges is not None and len(edges):
+            stack.enter_context(edge_gated(model, layout, edges, edge_gates, means))
+        cache = stack.enter_context(model.hooks(record=["final_resid"]))
         model(x)
     pruned = cache["final_resid"][rows, batch.positions]
     return (pruned.pow(2).mean().sqrt() / full.pow(2).mean().sqrt()).item()
@@ -109,13 +116,17 @@ def evaluate_circuit(model, circuit: Circuit, task: BinaryTask, tokenizer, means
     ev = Evaluator(model, layout, ablate_to, settings.freeze_norms)
     keep = circuit.keep_mask(layout).to(device)
     gates = keep.float()
+    # the circuit itself: its nodes, and of the weights between them only those it keeps
+    edges, edge_keep = circuit.edge_mask(model, layout)
+    edge_gates = edge_keep.float().to(device)
+    cev = Evaluator(model, layout, ablate_to, settings.freeze_norms, edges=edges, edge_gates=edge_gates)
     batches = {k: b.to(device) for k, b in
                _batches(task, tokenizer, model.config.block_size, n_pairs, seed, natural_texts).items()}
     full, within, raw = {}, {}, {}
     for split, b in batches.items():
         full[split] = ev.metrics(b, None)
         # one forward gives both: the calibration only rescales the logit difference
-        z, y = oriented_logit_diff(ev.logits(b, gates), b)
+        z, y = oriented_logit_diff(cev.logits(b, gates), b)
         raw[split] = _score(z, y, IDENTITY)
         within[split] = _score(z, y, circuit.calibration)
     templ = batches["templated"]
@@ -124,10 +135,12 @@ def evaluate_circuit(model, circuit: Circuit, task: BinaryTask, tokenizer, means
     checks = _checks(full, within, raw, necessity, random, settings.target_loss)
     curve = None
     if scores is not None:
-        curve = faithfulness_curve(ev, templ.select(slice(0, 2 * curve_pairs)), scores.to(device),
-                                   int(keep.sum())).to_dict()
-    return Metrics(target_loss=settings.target_loss, nodes=int(keep.sum()), edges=len(circuit.edges), full=full,
+        part = templ.select(slice(0, 2 * curve_pairs))
+        own = cev.loss(part, gates) if not bool(edge_keep.all()) else None
+        curve = faithfulness_curve(ev, part, scores.to(device), int(keep.sum()), circuit_loss=own).to_dict()
+    return Metrics(target_loss=settings.target_loss, nodes=int(keep.sum()), edges=int(edge_keep.sum()), full=full,
                    circuit=within, circuit_uncalibrated=raw, necessity=necessity, random=random,
                    final_resid_rms_ratio=final_resid_rms_ratio(model, layout, templ, gates, ablate_to,
-                                                               settings.freeze_norms),
-                   checks=checks, passed=checks["sufficient"] and checks["necessary"], faithfulness=curve)
+                                                               settings.freeze_norms, edges, edge_gates),
+                   checks=checks, passed=checks["sufficient"] and checks["necessary"], faithfulness=curve,
+                   node_level_edges=len(edges))

@@ -1,7 +1,10 @@
-"""Node masks and how they act on a model: gates, mean ablation, frozen norm scales.
+"""Node and edge masks and how they act on a model: gates, mean ablation, frozen norm scales.
 
 A gate vector g (one entry per node, see sparse_gpt.nodes.NodeLayout) acts at every node location as
 x * g + mean * (1 - g): a pruned node (g = 0) carries its mean activation over pretraining text.
+An edge gate m (one entry per weight between kept nodes, see sparse_gpt.nodes.EdgeSet) acts inside
+the weight's matrix: the target's pre-activation sums w * (m * x + (1 - m) * a) over its sources,
+where a is what the source carries when ablated, so a pruned weight passes on a typical input.
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from ..nodes import NodeLayout
+from ..nodes import EdgeSet, NodeLayout
 
 
 class HeavisideSTE(torch.autograd.Function):
@@ -44,16 +47,19 @@ def qk_source_index(layout: NodeLayout, tie_qk: bool) -> torch.Tensor:
 
 
 class HeavisideMask(nn.Module):
-    """One learnable tau per node; gate = H(tau) with a sigmoid-derivative surrogate gradient."""
+    """One learnable tau per node (or per edge: `layout` may be a number of entries); gate = H(tau)
+    with a sigmoid-derivative surrogate gradient."""
 
-    def __init__(self, layout: NodeLayout, init_bias: float = 0.1, init_noise: float = 1e-2,
+    def __init__(self, layout: NodeLayout | int, init_bias: float = 0.1, init_noise: float = 1e-2,
                  temperature: float = 1.0, tie_qk: bool = False, generator: torch.Generator | None = None,
                  allowed: torch.Tensor | None = None):
         super().__init__()
-        tau = init_bias + init_noise * torch.randn(layout.n_nodes, generator=generator)
+        n = layout if isinstance(layout, int) else layout.n_nodes
+        tau = init_bias + init_noise * torch.randn(n, generator=generator)
         self.tau = nn.Parameter(tau)
         self.temperature = temperature
-        self.register_buffer("source", qk_source_index(layout, tie_qk), persistent=False)
+        source = torch.arange(n) if isinstance(layout, int) else qk_source_index(layout, tie_qk)
+        self.register_buffer("source", source, persistent=False)
         # `allowed` restricts the mask to a node set (refinement retrains inside a circuit): the
         # others stay off whatever their tau, and rank below every allowed node
         self.register_buffer("allowed", None if allowed is None else allowed.float(), persistent=False)
@@ -154,6 +160,74 @@ def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
         if norm_scales is not None:
             stack.enter_context(frozen_norms(model, norm_scales))
         yield
+
+
+def real_key_mass(q: torch.Tensor, k: torch.Tensor, n_head: int, sink_logit: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, width) attention weight on the real keys (not the sink) of each query, per channel:
+    the attention output of a v channel held at a constant c is c times this. q, k: (B, T, width)."""
+    B, T, W = q.shape
+    if sink_logit is None:
+        return q.new_ones(B, T, W)
+    D = W // n_head
+    qh = q.float().view(B, T, n_head, D).transpose(1, 2)
+    kh = k.float().view(B, T, n_head, D).transpose(1, 2)
+    scores = qh @ kh.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    lse = scores.masked_fill(~causal, float("-inf")).logsumexp(-1)  # (B, H, T)
+    mass = torch.sigmoid(lse - sink_logit.float()[:, None])  # Z / (Z + e^s)
+    return mass.transpose(1, 2).repeat_interleave(D, -1).to(q.dtype)
+
+
+@contextmanager
+def edge_gated(model, layout: NodeLayout, edges: EdgeSet, edge_gates: torch.Tensor,
+               ablate_to: torch.Tensor) -> Iterator[None]:
+    """Run `model` with edge gates (E,) (or (B, 1, E): one edge set per row of the batch) applied to
+    the weights of `edges`; enter it inside `gated` (its hooks must see the gated activations).
+
+    A pruned weight w from source s to target d passes on w * a_s instead of w * x_s, where a_s is
+    what s carries when ablated (`ablate_to`, see sparse_gpt.nodes.ablation_values): the target's
+    pre-activation (before its nonlinearity, AbsTopK or hook) is corrected by -w * (x_s - a_s).
+    For attn c_proj, whose inputs are v channels mixed by attention, a_s is the attention output
+    the channel would have with v_s ablated: a_s times the query's attention weight on real keys.
+    Hooks are removed on exit; the model's weights are never touched."""
+    by_module: dict[str, list] = {}
+    for g in edges.groups:
+        by_module.setdefault(g.module, []).append(g)
+    qk: dict[str, torch.Tensor] = {}
+    handles = []
+
+    def source_values(g, x: torch.Tensor) -> torch.Tensor:
+        loc = layout.by_name[g.source]
+        a = ablate_to[loc.offset + g.src.to(ablate_to.device)].to(x.dtype)
+        if loc.kind != "attn_v":
+            return a
+        attn = model.get_submodule(g.module.rsplit(".", 1)[0])
+        mass = real_key_mass(qk[f"{loc.layer}.attn.q"], qk[f"{loc.layer}.attn.k"], attn.n_head, attn.sink_logit)
+        return mass[..., g.src.to(x.device)] * a
+
+    def hook(_m, inp, out, groups):
+        x = inp[0]
+        for g in groups:
+            src = g.src.to(x.device)
+            gate = edge_gates[..., g.slice].to(x.dtype)
+            delta = (x[..., src] - source_values(g, x)) * (g.weight.to(x.device, x.dtype) * (1 - gate))
+            out = out.index_add(-1, (g.row_offset + g.dst).to(x.device), delta, alpha=-1)
+        return out
+
+    try:
+        for name, groups in by_module.items():
+            handles.append(model.get_submodule(name).register_forward_hook(
+                lambda m, inp, out, groups=groups: hook(m, inp, out, groups)))
+            if name.endswith("attn.c_proj"):
+                layer = layout.by_name[groups[0].source].layer
+                for part in "qk":
+                    hp = f"{layer}.attn.{part}"
+                    handles.append(model.hook_point(hp).register_forward_hook(
+                        lambda _m, _inp, out, hp=hp: qk.__setitem__(hp, out)))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _norm_modules(model) -> dict[str, nn.Module]:

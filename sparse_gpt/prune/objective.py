@@ -7,16 +7,18 @@ module runs the model under node gates to get it, evaluates fixed batches withou
 from __future__ import annotations
 
 import math
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import torch
 
-from ..nodes import NodeLayout
 import torch.nn.functional as F
+
+from ..nodes import EdgeSet, NodeLayout
 
 from ..tasks.base import (TaskBatch, length_chunks, oriented_logit_diff, scored_logits, two_way_accuracy,
                           two_way_loss)
-from .masks import gated, record_norm_scales
+from .masks import edge_gated, gated, record_norm_scales
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,14 @@ def answer_logits(model, batch: TaskBatch, frozen_norms: bool = False) -> torch.
 
 
 def gated_answer_logits(model, layout: NodeLayout, batch: TaskBatch, gates: torch.Tensor,
-                        ablate_to: torch.Tensor, freeze_norms: bool) -> torch.Tensor:
-    """answer_logits of a trimmed batch with node gates applied (differentiable in the gates)."""
+                        ablate_to: torch.Tensor, freeze_norms: bool, edges: EdgeSet | None = None,
+                        edge_gates: torch.Tensor | None = None) -> torch.Tensor:
+    """answer_logits of a trimmed batch with node gates (and, with `edges`, edge gates) applied;
+    differentiable in both."""
     scales = record_norm_scales(model, batch.tokens) if freeze_norms else None
-    with gated(model, layout, gates, ablate_to, scales):
+    with gated(model, layout, gates, ablate_to, scales), ExitStack() as stack:
+        if edges is not None and len(edges):
+            stack.enter_context(edge_gated(model, layout, edges, edge_gates, ablate_to))
         return answer_logits(model, batch, frozen_norms=freeze_norms)
 
 
@@ -100,19 +106,26 @@ class Evaluator:
     """Loss / accuracy of the model under a gate vector, on fixed batches (no gradients).
 
     `ablate_to` is what a gated-off node carries (sparse_gpt.nodes.ablation_values). Prompts run in
-    chunks of similar length (tasks.base.scored_logits)."""
+    chunks of similar length (tasks.base.scored_logits). With `edges` and `edge_gates`, a fixed edge
+    mask applies on top of every node gate vector (an edge-level circuit: only meaningful for node
+    sets inside the nodes `edges` was built on, where an ablated node's edges carry nothing)."""
 
     def __init__(self, model, layout: NodeLayout, ablate_to: torch.Tensor, freeze_norms: bool = False,
-                 chunk: int = 64):
+                 chunk: int = 64, edges: EdgeSet | None = None, edge_gates: torch.Tensor | None = None):
         self.model, self.layout, self.ablate_to, self.freeze_norms = model, layout, ablate_to, freeze_norms
         self.chunk = chunk
+        self.edges, self.edge_gates = edges, edge_gates
+
+    def _gated_logits(self, part: TaskBatch, gates: torch.Tensor) -> torch.Tensor:
+        """answer_logits of a trimmed batch under `gates` (this evaluator's kind of gate vector)."""
+        return gated_answer_logits(self.model, self.layout, part, gates, self.ablate_to, self.freeze_norms,
+                                   self.edges, self.edge_gates)
 
     @torch.no_grad()
     def logits(self, batch: TaskBatch, gates: torch.Tensor | None) -> torch.Tensor:
         forward = None
         if gates is not None:
-            forward = lambda part: gated_answer_logits(self.model, self.layout, part, gates,  # noqa: E731
-                                                       self.ablate_to, self.freeze_norms)
+            forward = lambda part: self._gated_logits(part, gates)  # noqa: E731
         return scored_logits(self.model, batch, self.chunk, forward)
 
     def loss(self, batch: TaskBatch, gates: torch.Tensor | None, calibration: Calibration = IDENTITY) -> float:
@@ -138,7 +151,7 @@ class Evaluator:
                 k = len(sets)
                 rep = part.select(torch.arange(n, device=part.tokens.device).repeat(k))
                 gates = sets.repeat_interleave(n, 0)[:, None, :]
-                logits = gated_answer_logits(self.model, self.layout, rep, gates, self.ablate_to, self.freeze_norms)
+                logits = self._gated_logits(rep, gates)
                 z, y = oriented_logit_diff(logits, rep)
                 per_row[c0:c0 + k, rows.to(per_row.device)] = F.binary_cross_entropy_with_logits(
                     z, y, reduction="none").view(k, n).to(per_row.dtype)
@@ -150,7 +163,21 @@ class Evaluator:
         gates = keep.float().clone().requires_grad_(True)
         total = gates.new_zeros(())
         for rows, part in length_chunks(batch, self.chunk):
-            logits = gated_answer_logits(self.model, self.layout, part, gates, self.ablate_to, self.freeze_norms)
+            logits = self._gated_logits(part, gates)
             total = total + two_way_loss(*oriented_logit_diff(logits, part)) * len(part)
         (grad,) = torch.autograd.grad(total / len(batch), gates)
         return -grad.detach()
+
+
+class EdgeEvaluator(Evaluator):
+    """An Evaluator whose gate vectors are edge masks over `edges`, with the node set fixed at
+    `keep`: the same loss, losses_many and removal_estimates, one entry per weight."""
+
+    def __init__(self, model, layout: NodeLayout, ablate_to: torch.Tensor, keep: torch.Tensor, edges: EdgeSet,
+                 freeze_norms: bool = False, chunk: int = 64):
+        super().__init__(model, layout, ablate_to, freeze_norms, chunk)
+        self.node_gates, self.edge_set = keep.float(), edges
+
+    def _gated_logits(self, part: TaskBatch, gates: torch.Tensor) -> torch.Tensor:
+        return gated_answer_logits(self.model, self.layout, part, self.node_gates, self.ablate_to,
+                                   self.freeze_norms, self.edge_set, gates)

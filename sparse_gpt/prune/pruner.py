@@ -68,6 +68,10 @@ class PruneConfig:
     pool_pairs: int = 512           # templated pairs the masks train on
     eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
     search_runs: int = 3            # mask runs in the built-in search
+    edge_mask: bool = True          # then learn a mask over the weights between the circuit's nodes
+    edge_steps: int = 200           # mask steps of that edge mask
+    edge_k_coef: float = 3e-3       # its penalty per kept weight
+    edge_seconds: float = 60.0      # the edge stage's greedy removal stops after this (wall time)
     allow_chance_target: bool = False  # smoke tests of the pipeline only: accept a target >= ln 2
     seed: int = 0
 
@@ -95,6 +99,8 @@ class PruneConfig:
             raise ValueError(f"budget must be a non-negative number of minutes, got {self.budget}")
         if self.steps < 1 or self.refine_steps < 0 or self.repair_rounds < 0 or self.retrain_rounds < 0:
             raise ValueError("steps must be positive, refine_steps and repair_rounds non-negative")
+        if self.edge_steps < 0 or not 0 < self.edge_k_coef < math.inf or not self.edge_seconds >= 0:
+            raise ValueError("edge_steps and edge_seconds must be non-negative, edge_k_coef a positive number")
         return self
 
 
@@ -111,6 +117,10 @@ class PruneRun:
     seconds: float
     history: list[dict] = field(default_factory=list)
     stages: list[dict] = field(default_factory=list)  # nodes and raw held-out loss after each stage
+    # the weight-level circuit (sparse_gpt.prune.edges): a mask over edge_set(model, layout, keep),
+    # None when no edge stage ran (every weight between the kept nodes is in the circuit)
+    edge_keep: torch.Tensor | None = None
+    edge_stage: dict | None = None  # what the edge stage did (sizes, losses, seconds)
 
     @property
     def n_nodes(self) -> int:
@@ -188,11 +198,15 @@ class Pruner:
         return HeavisideMask(self.layout, c.init_bias, c.init_noise, c.temperature, c.tie_qk, generator=gen,
                              allowed=None if allowed is None else allowed.to(self.device)).to(self.device)
 
-    def _step(self, mask, opt, batch: TaskBatch, k_coef: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """One optimiser step on the mask; returns the task loss and the gates it was taken at."""
+    def _step(self, mask, opt, batch: TaskBatch, k_coef: float, logits_of=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step on the mask; returns the task loss and the gates it was taken at.
+        `logits_of(part, gates)` runs the model under the mask's gates (default: node gates)."""
         gates = mask.gates()
         part = batch.trimmed()
-        logits = gated_answer_logits(self.model, self.layout, part, gates, self.ablate_to, self.cfg.freeze_norms)
+        if logits_of is None:
+            logits = gated_answer_logits(self.model, self.layout, part, gates, self.ablate_to, self.cfg.freeze_norms)
+        else:
+            logits = logits_of(part, gates)
         task_loss = two_way_loss(*oriented_logit_diff(logits, part))
         loss = task_loss + k_coef * mask.penalty()
         for extra in mask.extra_losses().values():
@@ -206,10 +220,12 @@ class Pruner:
         return task_loss, gates
 
     def train_mask(self, mask, settings: PruneConfig, steps: int, k_coef: float, gen: torch.Generator,
-                   progress: bool = False, desc: str = "masks", report=None, first_step: int = 0) -> list[dict]:
+                   progress: bool = False, desc: str = "masks", report=None, first_step: int = 0,
+                   logits_of=None) -> list[dict]:
         """`steps` optimiser steps on `mask` (task loss + k_coef x active nodes, the penalty ramped in
         over the first k_warmup of the steps, the surrogate's temperature annealed if asked).
-        `report(step, task_loss, active)` is called every 20 steps; it may raise to stop the run."""
+        `report(step, task_loss, active)` is called every 20 steps; it may raise to stop the run.
+        `logits_of` (see _step) trains another kind of mask, e.g. an edge mask."""
         c = settings
         opt = torch.optim.AdamW(mask.parameters(), lr=c.lr, betas=(0.9, c.beta2), weight_decay=c.weight_decay)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)
@@ -224,7 +240,7 @@ class Pruner:
                 if isinstance(mask, HeavisideMask):
                     mask.temperature = t0 * (t1 / t0) ** frac
                 ramp = min(1.0, frac / c.k_warmup) if c.k_warmup > 0 else 1.0
-                task_loss, gates = self._step(mask, opt, self._sample(gen), k_coef * ramp)
+                task_loss, gates = self._step(mask, opt, self._sample(gen), k_coef * ramp, logits_of)
                 sched.step()
                 mask.clamp_()
                 if step % 20 == 0 or step == steps - 1:

@@ -7,7 +7,8 @@ target scoring above every run that meets it. Hopeless runs stop early: every 20
 reports its active node count (or, while its task loss is far above the target, a value worse than
 any circuit), and a median pruner stops trials doing worse than earlier ones at the same step.
 The first trial is the configured settings, so a budget of one trial is the plain run. The best
-run is then refined (sparse_gpt.prune.refine) in the time left.
+run is then refined (sparse_gpt.prune.refine) in the time left, and with cfg.edge_mask its weights
+are pruned (sparse_gpt.prune.edges), on a clock of its own.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import time
 from dataclasses import replace
 
+from .edges import prune_edges
 from .pruner import Pruner, PruneRun
 from .refine import refine
 
@@ -92,10 +94,12 @@ def budget_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[Prun
     best = min(runs, key=lambda r: (r.loss > target, r.n_nodes, r.loss))
     if cfg.refine:
         best = refine(pruner, best, deadline=deadline)
+    if cfg.edge_mask:
+        best = prune_edges(pruner, best, log=log)
     return best, runs
 
 
-def fixed_search(pruner: Pruner, progress: bool = True) -> tuple[PruneRun, list[PruneRun]]:
+def fixed_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[PruneRun, list[PruneRun]]:
     """The budget-free search: search_runs runs, k_coef up after a run whose mask met the target
     (try smaller), down after one that missed; learning rate and seed vary per run; the smallest
     circuit meeting the target is refined."""
@@ -110,6 +114,8 @@ def fixed_search(pruner: Pruner, progress: bool = True) -> tuple[PruneRun, list[
     best = min(runs, key=lambda r: (r.loss > cfg.target_loss, r.n_nodes, r.loss))
     if cfg.refine:
         best = refine(pruner, best)
+    if cfg.edge_mask:
+        best = prune_edges(pruner, best, log=log)
     return best, runs
 
 
@@ -117,5 +123,5 @@ def search(pruner: Pruner, progress: bool = True, log=None) -> tuple[PruneRun, l
     """The budgeted search if the settings give a budget, else the fixed one."""
     if pruner.cfg.budget > 0:
         return budget_search(pruner, progress, log)
-    return fixed_search(pruner, progress)
+    return fixed_search(pruner, progress, log)
 

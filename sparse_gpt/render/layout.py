@@ -56,3 +56,11 @@ def circuit_layout(circuit: Circuit) -> Layout:
     n_layers = 1 + max((n.layer for n in nodes), default=0)
     labels = {float(i * len(ROWS) + r): f"L{i} {row}" for i in range(n_layers) for r, row in enumerate(ROWS)}
     return Layout(positions, resid, span, labels, width)
+
+
+def edge_count(circuit: Circuit) -> str:
+    """'40 edges (weights; 302 between its nodes)' for a weight-level circuit, '302 edges' otherwise."""
+    n = len(circuit.edges)
+    if circuit.node_level_edges is None or circuit.node_level_edges == n:
+        return f"{n} edges"
+    return f"{n} edges (weights; {circuit.node_level_edges} between its nodes)"

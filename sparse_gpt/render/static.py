@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from ..circuit import Circuit
 from ..fileio import atomic_save_figure
-from .layout import EDGE_COLOURS, KIND_COLOURS, Layout, circuit_layout
+from .layout import EDGE_COLOURS, KIND_COLOURS, Layout, circuit_layout, edge_count
 
 
 def _title(circuit: Circuit) -> str:
@@ -20,7 +20,7 @@ def _title(circuit: Circuit) -> str:
     losses = ""
     if m is not None:
         losses = f"; full loss {m.full['templated'].loss:.3f}, circuit loss {m.circuit_uncalibrated['templated'].loss:.3f}"
-    return (f"{circuit.task}: {len(circuit.nodes)} nodes, {len(circuit.edges)} edges{losses}\n"
+    return (f"{circuit.task}: {len(circuit.nodes)} nodes, {edge_count(circuit)}{losses}\n"
             "residual channels as vertical lines; edges red = positive, blue = negative, width ~ |weight|")
 
 

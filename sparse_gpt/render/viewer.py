@@ -18,7 +18,7 @@ from pathlib import Path
 from ..circuit import Circuit, NodeDetails
 from ..explain import NodeContexts
 from ..fileio import atomic_write_text
-from .layout import EDGE_COLOURS, KIND_COLOURS, circuit_layout
+from .layout import EDGE_COLOURS, KIND_COLOURS, circuit_layout, edge_count
 
 DX, DY, MARGIN_LEFT, MARGIN = 16.0, 34.0, 150.0, 24.0  # pixels per layout unit (at least), margins
 N_CONTEXTS = 6  # top and bottom contexts shown per node
@@ -159,7 +159,7 @@ def _faithfulness_svg(circuit: Circuit) -> str:
 def _summary(circuit: Circuit, details: NodeDetails | None) -> str:
     m = circuit.metrics
     prov = circuit.provenance
-    parts = [f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges"]
+    parts = [f"{len(circuit.nodes)} nodes, {edge_count(circuit)}"]
     if m is not None:
         parts.append(f"circuit loss {m.circuit_uncalibrated['templated'].loss:.3f} raw / {m.circuit['templated'].loss:.3f} "
                      f"calibrated; full model {m.full['templated'].loss:.3f}")

@@ -1,0 +1,184 @@
+"""Weight-level circuits: inside a node circuit, the fewest weights between its nodes that still
+solve the task.
+
+A node circuit keeps every nonzero weight between its nodes. Once the nodes are fixed, a mask over
+those weights (one Heaviside gate per weight, the node mask's surrogate gradient, task loss +
+edge_k_coef x kept weights) is trained; a pruned weight passes on its source's ablation value
+times the weight (sparse_gpt.prune.masks.edge_gated), so the rest of the model sees a typical
+input. The mask is discretised by the fewest top-ranked weights meeting the target on the raw
+held-out loss (the worse of two batches, as for nodes), then refined by the nodes' greedy removal
+(sparse_gpt.prune.refine.greedy_remove) over weights. Nodes the remaining weights leave without
+a use are dropped when the loss allows. Every step is judged exactly, and the stage never returns
+a circuit that misses the target: if it cannot keep it, every weight between the nodes stays.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+
+import torch
+
+from ..nodes import EdgeSet, edge_set
+from ..tasks.base import oriented_logit_diff
+from .masks import HeavisideMask
+from .objective import Calibration, EdgeEvaluator, Evaluator, held_out_calibration
+from .pruner import Pruner, PruneRun, top_k_gates
+from .refine import greedy_remove
+
+# kinds whose value reaches the circuit only through their outgoing weights: with none kept, the
+# node is already as good as ablated (dropping it changes nothing)
+_USED_THROUGH_OUT = ("resid_read", "attn_v", "mlp_neuron")
+# kinds computed from incoming weights: with none kept, the node is a constant (not its mean)
+_FED_THROUGH_IN = ("attn_q", "attn_k", "attn_v", "mlp_neuron", "resid_write")
+
+
+def _judge(pruner: Pruner, ev: Evaluator):
+    """(C, ...) gate sets -> (C,) raw loss, the worse of the held-out and calibration batches."""
+    def judge(sets: torch.Tensor) -> torch.Tensor:
+        sets = sets.to(pruner.device)
+        return torch.stack([ev.losses_many(b, sets) for b in (pruner.heldout, pruner.calib)]).amax(0).cpu()
+    return judge
+
+
+def fewest_top(scores: torch.Tensor, loss_of, target: float) -> tuple[int, list[tuple[int, float]]]:
+    """The fewest top-ranked entries whose loss `loss_of(k)` meets `target`, as the node
+    discretisation finds it: a geometric grid below the positive scores (or above, when those miss),
+    then a bisection inside the first bracket; the whole set is assumed to meet the target."""
+    N = len(scores)
+    n_pos = int((scores > 0).sum())
+    curve: dict[int, float] = {}
+
+    def f(k: int) -> float:
+        if k not in curve:
+            curve[k] = loss_of(k)
+        return curve[k]
+
+    grid = sorted({max(1, n_pos >> i) for i in range(16)}) if n_pos else []
+    if not n_pos or f(n_pos) > target:
+        grid = sorted(set(grid) | {min(N, max(n_pos, 1) * 2 ** i) for i in range(1, 20)} | {N})
+    hi = next((k for k in grid if k == N or f(k) <= target), N)
+    lower = [k for k in grid if k < hi]
+    lo = lower[-1] if lower else 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if f(mid) <= target else (mid, hi)
+    return hi, sorted(curve.items())
+
+
+def calibration_with(pruner: Pruner, ev: Evaluator, gates: torch.Tensor) -> Calibration:
+    """Pruner.calibration_of for any evaluator's gates: fitted on the calibration batch, kept only
+    if it does not raise the held-out batch's loss."""
+    gates = gates.float().to(pruner.device)
+    fit = oriented_logit_diff(ev.logits(pruner.calib, gates), pruner.calib)
+    judge = oriented_logit_diff(ev.logits(pruner.heldout, gates), pruner.heldout)
+    return held_out_calibration(tuple(t.cpu() for t in fit), tuple(t.cpu() for t in judge))
+
+
+def drop_unused_nodes(pruner: Pruner, keep: torch.Tensor, edges: EdgeSet, edge_keep: torch.Tensor,
+                      target: float) -> tuple[torch.Tensor, int]:
+    """`keep` without the nodes the kept weights leave unused, and how many went.
+
+    A residual read, v channel or neuron with no kept outgoing weight is already as good as ablated:
+    it goes (checked). A q/k/v channel, neuron or residual write with no kept incoming weight is a
+    constant rather than its mean: it goes only if the raw held-out loss stays at target, those that
+    are harmless one at a time tried together, else none of them."""
+    layout = pruner.layout
+    into, out = edges.node_degrees(layout, edge_keep.cpu())
+    kinds = [loc.kind for loc in layout.locations for _ in range(loc.width)]
+    through_out = torch.tensor([k in _USED_THROUGH_OUT for k in kinds])
+    through_in = torch.tensor([k in _FED_THROUGH_IN for k in kinds])
+    keep = keep.cpu()
+    unused = keep & through_out & (out == 0)
+    constant = keep & ~unused & through_in & (into == 0)
+    # node sets inside `keep` under the fixed edge mask: an ablated node's weights carry nothing
+    ev = Evaluator(pruner.model, layout, pruner.ablate_to, pruner.cfg.freeze_norms, edges=edges,
+                   edge_gates=edge_keep.float().to(pruner.device))
+    judge = _judge(pruner, ev)
+    if int((keep & ~unused).sum()) == 0:
+        return keep, 0
+    best = keep & ~unused if unused.any() and float(judge((keep & ~unused).float()[None])[0]) <= target else keep
+    cand = (constant & best).nonzero().flatten()
+    if len(cand) and int(best.sum()) > len(cand):
+        singles = best.float().repeat(len(cand), 1)
+        singles[torch.arange(len(cand)), cand] = 0.0
+        harmless = cand[judge(singles) <= target]
+        if len(harmless):
+            trial = best.clone()
+            trial[harmless] = False
+            if float(judge(trial.float()[None])[0]) <= target:
+                best = trial
+    return best, int(keep.sum() - best.sum())
+
+
+def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=None) -> PruneRun:
+    """`run` with a weight-level circuit (run.edge_keep, run.edge_stage), its nodes possibly fewer;
+    every weight between the nodes is kept (and the stage says why) when the node circuit misses
+    the target or no smaller weight set meets it."""
+    cfg = pruner.cfg
+    target, device = cfg.target_loss, pruner.device
+    t0, c0 = time.perf_counter(), time.process_time()
+    keep = run.keep.cpu()
+    edges = edge_set(pruner.model, pruner.layout, keep)
+    E = len(edges)
+    info = {"node_level_edges": E, "nodes_before": int(keep.sum())}
+
+    def finish(keep, edges, edge_keep, loss, calibration, status, scores=run.scores):
+        info.update(status=status, nodes=int(keep.sum()), edges=int(edge_keep.sum()), loss=loss,
+                    seconds=round(time.perf_counter() - t0, 1), cpu_seconds=round(time.process_time() - c0, 1))
+        if log is not None:
+            log(f"edge stage: {info['edges']} of {E} weights, {info['nodes']} of {info['nodes_before']} nodes, raw "
+                f"held-out loss {loss:.3f} ({info['seconds']:.0f} s, {info['cpu_seconds']:.0f} s CPU): {status}")
+        stages = run.stages + [{"stage": "edges", "nodes": info["nodes"], "edges": info["edges"], "loss": loss}]
+        return replace(run, keep=keep, scores=scores, loss=loss, calibration=calibration, edge_keep=edge_keep.cpu(),
+                       edge_stage=dict(info), stages=stages, seconds=run.seconds + time.perf_counter() - t0)
+
+    all_edges = torch.ones(E, dtype=torch.bool)
+    if run.loss > target:
+        return finish(keep, edges, all_edges, run.loss, run.calibration,
+                      "the node circuit misses the target: every weight between its nodes kept")
+    if E == 0:
+        return finish(keep, edges, all_edges, run.loss, run.calibration, "no weights between the nodes")
+    ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, keep.to(device), edges, cfg.freeze_norms)
+    judge = _judge(pruner, ev)
+
+    # 1. train a mask over the weights, the nodes fixed
+    gen = torch.Generator().manual_seed(cfg.seed + 104_729)
+    settings = replace(cfg, k_warmup=0.0, temperature_final=None)
+    mask = HeavisideMask(E, cfg.init_bias, cfg.init_noise, cfg.temperature, generator=gen).to(device)
+    if cfg.edge_steps:
+        pruner.train_mask(mask, settings, cfg.edge_steps, cfg.edge_k_coef, gen, desc="edge mask",
+                          logits_of=ev._gated_logits)
+    scores = mask.scores().cpu()
+    info["trained"] = int((scores > 0).sum())
+    # 2. discretise: the fewest top-ranked weights meeting the target
+    k, curve = fewest_top(scores, lambda k: float(judge(top_k_gates(scores, k)[None])[0]), target)
+    edge_keep = top_k_gates(scores, k).bool()
+    info["discretised"] = k
+    info["curve"] = curve
+    # 3. greedy removal of weights, exact on held-out pairs
+    edge_keep = greedy_remove(ev, pruner.screen, judge, edge_keep.to(device), target,
+                              deadline=min(deadline, time.perf_counter() + cfg.edge_seconds)).cpu()
+    info["greedy"] = int(edge_keep.sum())
+    # 4. nodes left without a use
+    new_keep, info["nodes_dropped"] = drop_unused_nodes(pruner, keep, edges, edge_keep, target)
+    if info["nodes_dropped"]:
+        kept_records = [e for e in edges.records(edge_keep)
+                        if all(new_keep[pruner.layout.node_index(n)] for n in (e.source, e.target))]
+        new_edges = edge_set(pruner.model, pruner.layout, new_keep)
+        new_edge_keep = new_edges.mask_of(kept_records)
+        new_ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, new_keep.to(device), new_edges,
+                               cfg.freeze_norms)
+        if float(_judge(pruner, new_ev)(new_edge_keep.float()[None])[0]) <= target:
+            keep, edges, edge_keep, ev = new_keep, new_edges, new_edge_keep, new_ev
+        else:
+            info["nodes_dropped"] = 0
+    info["node_level_edges_after_drop"] = len(edges)
+    loss = float(_judge(pruner, ev)(edge_keep.float()[None])[0])
+    if loss > target:  # cannot happen when every step above was judged, but never trust it
+        return finish(run.keep.cpu(), edge_set(pruner.model, pruner.layout, run.keep.cpu()), all_edges, run.loss,
+                      run.calibration, "no smaller weight set met the target: every weight between the nodes kept")
+    scores = run.scores
+    if not torch.equal(keep, run.keep.cpu()):
+        scores = torch.where(keep, run.scores - run.scores.min() + 1.0, run.scores - run.scores.max() - 1.0)
+    return finish(keep, edges, edge_keep, loss, calibration_with(pruner, ev, edge_keep), "ok", scores)
