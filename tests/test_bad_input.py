@@ -1,5 +1,6 @@
-"""Bad input to train.py, through the real command line: exit status 2, one line naming the problem,
-no traceback, and the run directory exactly as it was.
+"""Bad input to train.py: exit status 2, one line naming the problem, no traceback, and the run
+directory exactly as it was. Each case runs train.py's main in-process (tests/inprocess.py), and a
+few of them also through the real command line.
 
 Each case is (name, arguments, what the error line must say, setup). Arguments may use the
 placeholders RUN (a copy of a finished 4-step run), NEW (a directory that does not exist yet),
@@ -21,6 +22,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from inprocess import run_main, script_main
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -286,13 +289,20 @@ def _fill(args: list[str], tmp: Path, run: Path) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name, args, expected, setup", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clean_line(name, args, expected, setup, run_copy: Path, tmp_path: Path):
+# Every case runs in-process (train.py's main, from the repository root); these also run through the
+# real command line, one per kind of failure: argparse, the config, the run directory, the lock
+# another process holds, a checkpoint refused while resuming.
+END_TO_END = {"unknown option", "config key typo", "--out holds a finished run", "--out in use by another run",
+              "--resume a malicious train state"}
+
+
+def _check_case(name, args, expected, setup, run_copy: Path, tmp_path: Path, run) -> None:
     work = tmp_path / "work"
     work.mkdir()
     lock_fd = None
     if setup == "lock":
-        # Another process holding the run, as a live train.py would.
+        # Another process holding the run, as a live train.py would (flock also excludes a second
+        # open of the file in this process).
         lock_fd = os.open(run_copy / ".lock", os.O_RDWR)
         fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.ftruncate(lock_fd, 0)
@@ -302,7 +312,7 @@ def test_bad_input_is_one_clean_line(name, args, expected, setup, run_copy: Path
         setup(work, run_copy)
     before_run, before_work = snapshot(run_copy), snapshot(work)
     try:
-        proc = run_cli(_fill(args, work, run_copy))
+        proc = run(_fill(args, work, run_copy))
     finally:
         if lock_fd is not None:
             os.close(lock_fd)
@@ -313,6 +323,22 @@ def test_bad_input_is_one_clean_line(name, args, expected, setup, run_copy: Path
     assert snapshot(run_copy) == before_run, "the run directory changed"
     assert snapshot(work) == before_work, "files appeared or changed"
     assert not (work / "pwned").exists()
+
+
+@pytest.mark.parametrize("name, args, expected, setup", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clean_line(name, args, expected, setup, run_copy: Path, tmp_path: Path, capsys):
+    _check_case(name, args, expected, setup, run_copy, tmp_path,
+                lambda argv: run_main(script_main("train.py"), argv, capsys))
+
+
+@pytest.mark.parametrize("name, args, expected, setup", [c for c in CASES if c[0] in END_TO_END],
+                         ids=[c[0] for c in CASES if c[0] in END_TO_END])
+def test_bad_input_through_the_real_command_line(name, args, expected, setup, run_copy: Path, tmp_path: Path):
+    _check_case(name, args, expected, setup, run_copy, tmp_path, run_cli)
+
+
+def test_every_end_to_end_case_exists():
+    assert END_TO_END <= {c[0] for c in CASES}
 
 
 CLEAN_CASES = len(CASES)
