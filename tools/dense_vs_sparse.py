@@ -19,7 +19,7 @@ from pathlib import Path
 
 
 def final_val_loss(run: Path) -> float:
-    return float(json.loads((run / "summary.json").read_text())["val_loss"])
+    return float(json.loads((run / "summary.json").read_text())["final_val_loss"])
 
 
 def val_losses(run: Path) -> dict[int, float]:
@@ -31,7 +31,7 @@ def val_losses(run: Path) -> dict[int, float]:
         except json.JSONDecodeError:
             continue
         if r.get("val_loss") is not None and "step" in r:
-            out[int(r["step"])] = float(r["val_loss"])
+            out[int(r["step"])] = float(r["final_val_loss"])
     return out
 
 
