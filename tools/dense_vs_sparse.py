@@ -31,7 +31,7 @@ def val_losses(run: Path) -> dict[int, float]:
         except json.JSONDecodeError:
             continue
         if r.get("val_loss") is not None and "step" in r:
-            out[int(r["step"])] = float(r["final_val_loss"])
+            out[int(r["step"])] = float(r["val_loss"])
     return out
 
 
