@@ -1,6 +1,7 @@
-"""Bad input to the analysis commands (python -m sparse_gpt.explain / intervene / export / tasks), through the
-real command line: exit status 2, one line naming the problem, no traceback, and the checkpoint and
-every other file exactly as they were. Then the faults those commands must survive: a checkpoint
+"""Bad input to the analysis commands (python -m sparse_gpt.explain / intervene / export / tasks, and
+prune_circuit.py): exit status 2, one line naming the problem, no traceback, and the checkpoint and
+every other file exactly as they were. Each case runs the command's main in-process
+(tests/inprocess.py), and a few of them also through the real command line. Then the faults those commands must survive: a checkpoint
 directory they cannot write, and node caches someone rewrote.
 
 Each case is (name, arguments, what the error line must say, setup). Arguments may use the
@@ -21,6 +22,8 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+
+from inprocess import module_main, run_main, script_main
 
 from sparse_gpt.circuit import Circuit, Provenance
 from sparse_gpt.circuit.artefact import checksum
@@ -217,18 +220,42 @@ def _fill(args: list[str], tmp: Path, run: Path) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("name, args, expected, setup", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_one_clean_line(name, args, expected, setup, run_dir: Path, tmp_path: Path, env):
+# Every case runs in-process (the command's main, from the repository root); these also run through the
+# real command line: an argparse error, a missing checkpoint, a bad node name, a task error, a bad
+# circuit.json, and prune_circuit.py's argparse and config checks.
+END_TO_END = {"explain node index out of range", "intervene --set NaN", "tasks unknown command",
+              "tasks checkpoint is a file", "export without --out", "circuit node kind unknown"}
+PRUNE_END_TO_END = {"prune --steps 0", "prune --target-loss at chance"}
+
+
+def _check_case(args, expected, setup, run_dir: Path, tmp_path: Path, run) -> None:
     work = tmp_path / "work"
     work.mkdir()
     setup(work)
     before_run, before_work = snapshot(run_dir), snapshot(work)
     module, *rest = _fill(args, work, run_dir)
-    proc = run_module(module, rest, env)
-    assert_one_clean_line(proc, expected)
+    assert_one_clean_line(run(module, rest), expected)
     assert snapshot(run_dir) == before_run, "the checkpoint changed"
     assert snapshot(work) == before_work, "files appeared or changed"
     assert not (tmp_path / "xdg").exists(), "something was cached"
+
+
+def _in_process(monkeypatch, tmp_path: Path, capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return lambda module, args: run_main(module_main(module), args, capsys)
+
+
+@pytest.mark.parametrize("name, args, expected, setup", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_is_one_clean_line(name, args, expected, setup, run_dir: Path, tmp_path: Path, monkeypatch,
+                                     capsys):
+    _check_case(args, expected, setup, run_dir, tmp_path, _in_process(monkeypatch, tmp_path, capsys))
+
+
+@pytest.mark.parametrize("name, args, expected, setup", [c for c in CASES if c[0] in END_TO_END],
+                         ids=[c[0] for c in CASES if c[0] in END_TO_END])
+def test_bad_input_through_the_real_command_line(name, args, expected, setup, run_dir: Path, tmp_path: Path,
+                                                 env):
+    _check_case(args, expected, setup, run_dir, tmp_path, lambda module, rest: run_module(module, rest, env))
 
 
 # prune_circuit.py is a script, not a module: its cases run it by path, on the same copied run.
@@ -245,15 +272,31 @@ PRUNE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("name, args, expected", PRUNE_CASES, ids=[c[0] for c in PRUNE_CASES])
-def test_bad_prune_input_is_one_clean_line(name, args, expected, run_dir: Path, tmp_path: Path, env):
+def _check_prune_case(args, expected, run_dir: Path, tmp_path: Path, run) -> None:
     before = snapshot(run_dir)
-    proc = subprocess.run([sys.executable, "prune_circuit.py", "--checkpoint", str(run_dir), "--task",
-                           "single_double_quote", "--no-progress", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env=env)
-    assert_one_clean_line(proc, expected)
+    assert_one_clean_line(run(["--checkpoint", str(run_dir), "--task", "single_double_quote", "--no-progress",
+                               *args]), expected)
     assert snapshot(run_dir) == before, "the checkpoint changed"
     assert not (tmp_path / "xdg" / "sparse_gpt").exists(), "something was cached"  # matplotlib may cache fonts
+
+
+@pytest.mark.parametrize("name, args, expected", PRUNE_CASES, ids=[c[0] for c in PRUNE_CASES])
+def test_bad_prune_input_is_one_clean_line(name, args, expected, run_dir: Path, tmp_path: Path, monkeypatch,
+                                           capsys):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    _check_prune_case(args, expected, run_dir, tmp_path,
+                      lambda argv: run_main(script_main("prune_circuit.py"), argv, capsys))
+
+
+@pytest.mark.parametrize("name, args, expected", [c for c in PRUNE_CASES if c[0] in PRUNE_END_TO_END],
+                         ids=[c[0] for c in PRUNE_CASES if c[0] in PRUNE_END_TO_END])
+def test_bad_prune_input_through_the_real_command_line(name, args, expected, run_dir: Path, tmp_path: Path, env):
+    _check_prune_case(args, expected, run_dir, tmp_path, lambda argv: subprocess.run(
+        [sys.executable, "prune_circuit.py", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env))
+
+
+def test_every_end_to_end_case_exists():
+    assert END_TO_END <= {c[0] for c in CASES} and PRUNE_END_TO_END <= {c[0] for c in PRUNE_CASES}
 
 
 CLEAN_CASES = len(CASES) + len(PRUNE_CASES)
