@@ -19,6 +19,7 @@ import pytest
 import tokenizers
 import torch
 
+from inprocess import Result, module_main, run_main
 from sparse_gpt.tasks import (
     PAPER_TASKS,
     Example,
@@ -467,29 +468,31 @@ def test_tasks_without_a_miner_have_no_natural_examples(heldout_texts):
 # ----- command line -------------------------------------------------------------------------------
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparse_gpt.tasks", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
+def _cli(capsys, *args: str) -> Result:
+    """`python -m sparse_gpt.tasks ARGS`, run in-process (tests/inprocess.py)."""
+    return run_main(module_main("sparse_gpt.tasks"), args, capsys)
 
 
 def test_cli_list():
-    out = _cli("list")
-    assert out.returncode == 0, out.stderr
+    """Through the real command line (the other CLI tests call its main in-process)."""
+    out = subprocess.run([sys.executable, "-m", "sparse_gpt.tasks", "list"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stderr == "", out.stderr
     for name in list_tasks():
         assert name in out.stdout
     assert "[control]" in out.stdout
 
 
-def test_cli_show_with_tokens(tok_path):
-    out = _cli("show", "for_while", "--n", "2", "--split", "heldout", "--tokenizer", str(tok_path))
+def test_cli_show_with_tokens(tok_path, capsys):
+    out = _cli(capsys, "show", "for_while", "--n", "2", "--split", "heldout", "--tokenizer", str(tok_path))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("--- pair") == 4
     assert "correct '·in'" in out.stdout and "|" in out.stdout
 
 
-def test_cli_show_natural_from_a_source_file():
+def test_cli_show_natural_from_a_source_file(capsys):
     source = STDLIB / "json" / "encoder.py"
-    out = _cli("show", "single_double_quote", "--split", "natural", "--n", "2",
+    out = _cli(capsys, "show", "single_double_quote", "--split", "natural", "--n", "2",
                "--source", str(source))
     assert out.returncode == 0, out.stderr
     assert out.stdout.count("--- natural") == 2
@@ -513,8 +516,8 @@ def test_cli_scores_the_model_at_each_prompts_last_position(tok):
     assert torch.equal(picked.argmax(dim=1), last)
 
 
-def test_cli_unknown_task():
-    out = _cli("show", "no_such_task")
+def test_cli_unknown_task(capsys):
+    out = _cli(capsys, "show", "no_such_task")
     assert out.returncode != 0
     assert "unknown task 'no_such_task'" in out.stderr and "single_double_quote" in out.stderr
 
@@ -563,8 +566,8 @@ def test_tasks_pose_on_an_openai_model_with_a_merging_tokenizer(name, openai_dir
         assert '":' in tokens  # the key's closing quote merges with the colon
 
 
-def test_cli_show_prints_the_answer_tokens_of_an_openai_model(openai_dir):
-    out = _cli("show", "single_double_quote", "--n", "2", "--checkpoint", str(openai_dir),
+def test_cli_show_prints_the_answer_tokens_of_an_openai_model(openai_dir, capsys):
+    out = _cli(capsys, "show", "single_double_quote", "--n", "2", "--checkpoint", str(openai_dir),
                "--eval-pairs", "16")
     assert out.returncode == 0, out.stderr
     assert "answer tokens (correct vs alternative, per prompt) over 16 of 16 pairs" in out.stdout
@@ -574,7 +577,7 @@ def test_cli_show_prints_the_answer_tokens_of_an_openai_model(openai_dir):
 
 
 @pytest.mark.parametrize("name", ["single_double_quote", "bracket_brace"])
-def test_intervene_on_a_task_asks_for_the_tasks_answer_tokens(name, openai_dir):
+def test_intervene_on_a_task_asks_for_the_tasks_answer_tokens(name, openai_dir, capsys):
     """`python -m sparse_gpt.intervene --task` on a merging tokenizer scores each prompt on the answer
     tokens the task's encoding picks there (`")` vs `')`, `":` vs `",`), not on the bare answer texts."""
     from sparse_gpt import load_model
@@ -585,9 +588,8 @@ def test_intervene_on_a_task_asks_for_the_tasks_answer_tokens(name, openai_dir):
     expected = [(decode(tok, [int(a)]), decode(tok, [int(b)]))
                 for a, b in zip(batch.correct, batch.alternative)]
     assert any(len(a) > 1 for a, _ in expected)  # the tokenizer really merges here
-    out = subprocess.run([sys.executable, "-m", "sparse_gpt.intervene", "--checkpoint", str(openai_dir),
-                          "--set", "0.attn.v[1]=2", "--task", name, "--pairs", "4"],
-                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    out = run_main(module_main("sparse_gpt.intervene"), ["--checkpoint", str(openai_dir), "--set", "0.attn.v[1]=2",
+                                                          "--task", name, "--pairs", "4"], capsys)
     assert out.returncode == 0, out.stderr
     shown = [tuple(ast.literal_eval(t) for t in m)
              for m in re.findall(r"^  P\((.*) vs (.*)\): ", out.stdout, re.M)]
