@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inprocess import Result, module_main, run_main
 from planted import PlantedQuoteTask, planted_model, planted_tokenizer, pretraining_windows
 from sparse_gpt.explain import ExplainSettings, NodeContexts, compute_node_contexts
 from sparse_gpt.intervene import format_effects, intervene, node_values
@@ -88,33 +89,37 @@ def test_interventions_move_the_two_way_probability_the_planted_way():
             intervene(model, tok, prompts, {"1.attn.v[0]": value, "1.attn.v[1]": 1.0})
 
 
-def run(*args):
-    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+def run(capsys, module: str, *args) -> Result:
+    """`python -m MODULE ARGS`, run in-process (tests/inprocess.py)."""
+    return run_main(module_main(module), list(map(str, args)), capsys)
 
 
-def test_explain_cli_is_cached_deterministic_and_names_bad_nodes(tiny_checkpoint):
-    first = run("-m", "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "0.mlp.post_act[3]", "1.attn.q[2]")
+def test_explain_cli_is_cached_deterministic_and_names_bad_nodes(tiny_checkpoint, capsys):
+    first = run(capsys, "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "0.mlp.post_act[3]", "1.attn.q[2]")
     assert first.returncode == 0, first.stderr
     assert "computing top-activating contexts" in first.stderr
     assert first.stdout.count("top activations") == 2 and "tokens at the top 32 positions" in first.stdout
     assert list(tiny_checkpoint.glob("checkpoints/step_*/node_contexts.safetensors"))
-    second = run("-m", "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "0.mlp.post_act[3]", "1.attn.q[2]")
+    # the second call is a new process, as a user's would be: nothing but the cache carries over
+    second = subprocess.run([sys.executable, "-m", "sparse_gpt.explain", "--checkpoint", str(tiny_checkpoint),
+                             "0.mlp.post_act[3]", "1.attn.q[2]"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=300)
     assert second.returncode == 0 and "computing" not in second.stderr  # read from the cache
     assert second.stdout == first.stdout
-    bad = run("-m", "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "0.mlp.post_act[9999]")
+    bad = run(capsys, "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "0.mlp.post_act[9999]")
     assert bad.returncode == 2 and "out of range (0.mlp.post_act has 128 nodes)" in bad.stderr
-    bad = run("-m", "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "mlp.post_act[1]")
+    bad = run(capsys, "sparse_gpt.explain", "--checkpoint", tiny_checkpoint, "mlp.post_act[1]")
     assert bad.returncode == 2 and "no node named" in bad.stderr
 
 
-def test_intervene_cli(tiny_checkpoint):
-    ok = run("-m", "sparse_gpt.intervene", "--checkpoint", tiny_checkpoint, "--ablate", "1.mlp.post_act[5]",
+def test_intervene_cli(tiny_checkpoint, capsys):
+    ok = run(capsys, "sparse_gpt.intervene", "--checkpoint", tiny_checkpoint, "--ablate", "1.mlp.post_act[5]",
              "--set", "0.attn.v[1]=3", "--prompt", "x = 'abc", "--answers", "'", '"')
     assert ok.returncode == 0, ok.stderr
     assert "KL(before || after)" in ok.stdout and "P(\"'\" vs '\"')" in ok.stdout
-    long = run("-m", "sparse_gpt.intervene", "--checkpoint", tiny_checkpoint, "--ablate", "1.mlp.post_act[5]",
+    long = run(capsys, "sparse_gpt.intervene", "--checkpoint", tiny_checkpoint, "--ablate", "1.mlp.post_act[5]",
                "--prompt", "x = 1\n" * 100)
     assert long.returncode == 2 and "more than the model's context of 64" in long.stderr
-    bad = run("-m", "sparse_gpt.intervene", "--checkpoint", tiny_checkpoint, "--set", "0.attn.v[1]=high",
+    bad = run(capsys, "sparse_gpt.intervene", "--checkpoint", tiny_checkpoint, "--set", "0.attn.v[1]=high",
               "--prompt", "x")
     assert bad.returncode == 2 and "expected NODE=VALUE" in bad.stderr

@@ -1,7 +1,8 @@
 """Exports of a circuit for other viewers (sparse_gpt.export), on a real trained checkpoint.
 
 The circuit is made by hand from the tiny checkpoint's largest weights (pruning a 20-step model
-would find nothing), saved as a real circuit.json, and exported through the command line.
+would find nothing), saved as a real circuit.json, and exported through the command line (its main
+called in-process; the CSV export goes through the real `python -m sparse_gpt.export`).
 circuit-tracer itself pulls transformers, transformer-lens and nnsight, too heavy for CI, so the
 graphs are checked against the required fields of Neuronpedia's graph schema and of
 circuit-tracer's graph models (`check_graph`), and against the circuit they come from.
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inprocess import Result, module_main, run_main
 from sparse_gpt.circuit import Circuit, Provenance
 from sparse_gpt.export import GRAPH_INDEX, check_graph
 from sparse_gpt.loading import load_any
@@ -29,9 +31,9 @@ from sparse_gpt.prune.pruner import PruneConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _export(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sparse_gpt.export", *map(str, args)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
+def _export(capsys, *args) -> Result:
+    """`python -m sparse_gpt.export ARGS`, run in-process (tests/inprocess.py)."""
+    return run_main(module_main("sparse_gpt.export"), list(map(str, args)), capsys)
 
 
 def _largest(w: torch.Tensor, n: int) -> list[tuple[int, int]]:
@@ -81,9 +83,9 @@ def circuit_path(checkpoint, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_neuronpedia_graphs_are_valid_and_hold_the_circuit(circuit_path, tmp_path):
+def test_neuronpedia_graphs_are_valid_and_hold_the_circuit(circuit_path, tmp_path, capsys):
     out = tmp_path / "graphs"
-    proc = _export(circuit_path, "--format", "neuronpedia", "--out", out, "--pairs", "2")
+    proc = _export(capsys, circuit_path, "--format", "neuronpedia", "--out", out, "--pairs", "2")
     assert proc.returncode == 0, proc.stderr
     assert "local_server import serve" in proc.stdout
     circuit = Circuit.load(circuit_path)
@@ -124,9 +126,9 @@ def test_neuronpedia_graphs_are_valid_and_hold_the_circuit(circuit_path, tmp_pat
         assert any(l["target"] == logits[0]["node_id"] for l in graph["links"])
 
 
-def test_check_graph_names_what_is_wrong(circuit_path, tmp_path):
+def test_check_graph_names_what_is_wrong(circuit_path, tmp_path, capsys):
     out = tmp_path / "graphs"
-    assert _export(circuit_path, "--format", "neuronpedia", "--out", out, "--pairs", "1",
+    assert _export(capsys, circuit_path, "--format", "neuronpedia", "--out", out, "--pairs", "1",
                    "--no-labels").returncode == 0
     graph = json.loads(next(p for p in out.glob("*.json") if p.name != GRAPH_INDEX).read_text())
     assert check_graph(graph) == []
@@ -147,8 +149,8 @@ def test_check_graph_names_what_is_wrong(circuit_path, tmp_path):
 
 
 @pytest.mark.slow
-def test_openai_viz_data_holds_the_circuit_in_their_layout(circuit_path, tmp_path):
-    proc = _export(circuit_path, "--format", "openai", "--out", tmp_path)
+def test_openai_viz_data_holds_the_circuit_in_their_layout(circuit_path, tmp_path, capsys):
+    proc = _export(capsys, circuit_path, "--format", "openai", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     data = torch.load(tmp_path / "viz_data.pt", weights_only=True)
     circuit = Circuit.load(circuit_path)
@@ -183,7 +185,9 @@ def test_openai_viz_data_holds_the_circuit_in_their_layout(circuit_path, tmp_pat
 
 
 def test_csv_tables(circuit_path, tmp_path):
-    proc = _export(circuit_path, "--format", "csv", "--out", tmp_path, "--no-labels")
+    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.export", str(circuit_path), "--format", "csv",
+                           "--out", str(tmp_path), "--no-labels"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr
     circuit = Circuit.load(circuit_path)
     with open(tmp_path / "nodes.csv", newline="") as f:
@@ -196,18 +200,18 @@ def test_csv_tables(circuit_path, tmp_path):
     assert nodes[0].keys() >= {"location", "layer", "kind", "index", "score", "label"}
 
 
-def test_bad_input_is_one_line_and_exit_2(circuit_path, tmp_path):
-    missing = _export(tmp_path / "nope.json", "--format", "csv", "--out", tmp_path / "o")
+def test_bad_input_is_one_line_and_exit_2(circuit_path, tmp_path, capsys):
+    missing = _export(capsys, tmp_path / "nope.json", "--format", "csv", "--out", tmp_path / "o")
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0
     assert "no circuit file" in missing.stderr
     (tmp_path / "file").write_text("x")
-    not_dir = _export(circuit_path, "--format", "csv", "--out", tmp_path / "file", "--no-labels")
+    not_dir = _export(capsys, circuit_path, "--format", "csv", "--out", tmp_path / "file", "--no-labels")
     assert not_dir.returncode == 2 and "not a directory" in not_dir.stderr
     moved = json.loads(circuit_path.read_text())
     moved["provenance"]["checkpoint"] = str(tmp_path / "gone")
     from sparse_gpt.circuit.artefact import checksum
     moved["checksum"] = checksum(moved)
     (tmp_path / "moved.json").write_text(json.dumps(moved))
-    gone = _export(tmp_path / "moved.json", "--format", "neuronpedia", "--out", tmp_path / "o")
+    gone = _export(capsys, tmp_path / "moved.json", "--format", "neuronpedia", "--out", tmp_path / "o")
     assert gone.returncode == 2 and "pass --checkpoint" in gone.stderr
     assert "Traceback" not in missing.stderr + not_dir.stderr + gone.stderr
