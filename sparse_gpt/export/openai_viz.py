@@ -103,6 +103,50 @@ def _snippets(contexts, inp: ExportInput, i: int, side: int, eot: int) -> list[t
     return out
 
 
+def _layer_losses(inp: ExportInput, means: torch.Tensor, batch, keep: torch.Tensor) -> dict[str, float]:
+    """Task loss (theirs: doubled, raw like the per-node losses beside it) with each layer's
+    attention or MLP nodes ablated from the circuit."""
+    circuit, layout, model = inp.circuit, inp.layout, inp.loaded.model
+    device = next(model.parameters()).device
+    ev = Evaluator(model, layout, circuit.ablation_values(means.to(device)), circuit.settings.freeze_norms)
+    gates = keep.float().to(device)
+    losses = {}
+    for i in range(model.config.n_layer):
+        for part in ("attn", "mlp"):
+            off = gates.clone()
+            for loc in layout.locations:
+                if loc.name.startswith(f"{i}.{part}."):
+                    off[loc.slice] = 0.0
+            losses[f"{i}.{part}"] = _THEIR_LOSS * ev.loss(batch, off)
+    return losses
+
+
+def _task_samples(model, batch, kept: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+    """The task prompts (zero-padded) and each kept node's activations on them."""
+    part = batch.trimmed()
+    with model.hooks(record=[loc for loc, idx in kept.items() if len(idx)]) as cache:
+        model(part.tokens)
+    positions = torch.arange(part.tokens.shape[1], device=part.tokens.device)
+    docs = torch.where(positions[None, :] < part.lengths[:, None], part.tokens, 0).cpu()
+    acts = {loc: {j: cache[loc][:, :, j].float().cpu().clone() for j in idx.tolist()}
+            for loc, idx in kept.items() if len(idx)}
+    return docs, acts
+
+
+def _samples(inp: ExportInput, contexts, kept: dict[str, torch.Tensor]) -> dict:
+    """Each kept node's extreme contexts at the first fraction; the other fractions stay empty."""
+    samples: dict = {loc: {} for loc in kept}
+    if contexts is None:
+        return samples
+    eot = eot_id(inp.loaded.tokenizer)
+    for loc, idx in kept.items():
+        for j in idx.tolist():
+            flat = inp.layout.node_index(f"{loc}[{j}]")
+            bottom, top = (_snippets(contexts, inp, flat, side, eot) for side in (1, 0))
+            samples[loc][j] = {f: ((bottom, top) if f == FRACTIONS[0] else ([], [])) for f in FRACTIONS}
+    return samples
+
+
 @torch.no_grad()
 def viz_data(inp: ExportInput, contexts=None, log=print) -> dict:
     """The viz_data dictionary of the circuit (see the module docstring). `contexts` are the
@@ -114,62 +158,30 @@ def viz_data(inp: ExportInput, contexts=None, log=print) -> dict:
         task = get_task(circuit.task)
     except KeyError as e:
         raise ExportError(f"the circuit's task {circuit.task!r} is not a registered task ({e})") from None
-    device = next(model.parameters()).device
     means = load_or_compute_means(model, layout, tok, loaded.path, loaded.fingerprint, loaded.data,
                                   log=log)
     details = node_details(model, tok, circuit, task, means, n_pairs=N_PAIRS, seed=SEED,
                            progress=False)
     keep = circuit.keep_mask(layout)
     kept = {loc.name: keep[loc.slice].nonzero().flatten() for loc in layout.locations}
-
     batch = encode_pairs(task, task.pairs(N_PAIRS, SEED, "prune"), tok,
-                         model.config.block_size).to(device)
-    ev = Evaluator(model, layout, circuit.ablation_values(means.to(device)),
-                   circuit.settings.freeze_norms)
-    gates = keep.float().to(device)
-    layer_losses = {}
-    for i in range(model.config.n_layer):
-        for part in ("attn", "mlp"):
-            off = gates.clone()
-            for loc in layout.locations:
-                if loc.name.startswith(f"{i}.{part}."):
-                    off[loc.slice] = 0.0
-            layer_losses[f"{i}.{part}"] = _THEIR_LOSS * ev.loss(batch, off)  # raw, as the node losses beside it
-
-    names_at = {loc: [f"{loc}[{j}]" for j in idx.tolist()] for loc, idx in kept.items()}
-    ch_losses = {loc: [_THEIR_LOSS * details.nodes[n].circuit_without for n in names]
-                 for loc, names in names_at.items()}
-    part = batch.trimmed()
-    with model.hooks(record=[loc for loc, idx in kept.items() if len(idx)]) as cache:
-        model(part.tokens)
-    docs = torch.where(torch.arange(part.tokens.shape[1], device=device)[None, :]
-                       < part.lengths[:, None], part.tokens, 0).cpu()
-    task_acts = {loc: {j: cache[loc][:, :, j].float().cpu().clone() for j in idx.tolist()}
-                 for loc, idx in kept.items() if len(idx)}
-
-    samples: dict = {loc: {} for loc in kept}
-    if contexts is not None:
-        eot = eot_id(tok)
-        for loc, idx in kept.items():
-            for j in idx.tolist():
-                flat = layout.node_index(f"{loc}[{j}]")
-                bottom, top = (_snippets(contexts, inp, flat, side, eot) for side in (1, 0))
-                samples[loc][j] = {f: ((bottom, top) if f == FRACTIONS[0] else ([], []))
-                                   for f in FRACTIONS}
+                         model.config.block_size).to(next(model.parameters()).device)
+    ch_losses = {loc: [_THEIR_LOSS * details.nodes[f"{loc}[{j}]"].circuit_without for j in idx.tolist()]
+                 for loc, idx in kept.items()}
     pair_data = _pair_data(inp, kept)
     circuit_loss = details.baseline["circuit"]
     return {
         "circuit_data": {loc: idx.cpu() for loc, idx in kept.items()},
         "prune_config": dataclasses.asdict(circuit.settings),
         "importances": {
-            "ch_interv_losses": ch_losses, "layer_interv_losses": layer_losses,
+            "ch_interv_losses": ch_losses, "layer_interv_losses": _layer_losses(inp, means, batch, keep),
             "pair_data": pair_data, "pair_data_connections": pair_data,
             "loss": _THEIR_LOSS * details.baseline["full"],
             "interv_loss": _THEIR_LOSS * circuit_loss,
             "beeg_model_config": their_config(model.config),
-            "task_samples": (docs, task_acts),
+            "task_samples": _task_samples(model, batch, kept),
         },
-        "samples": samples,
+        "samples": _samples(inp, contexts, kept),
         "all_loss": [[k, _THEIR_LOSS * loss] for k, loss in circuit.bisection]
         + [[len(circuit.nodes), _THEIR_LOSS * circuit_loss]],
         "num_total_nodes": layout.n_nodes,
