@@ -42,27 +42,29 @@ def _judge(pruner: Pruner, ev: Evaluator):
 
 
 def fewest_top(scores: torch.Tensor, loss_of, target: float) -> tuple[int, list[tuple[int, float]]]:
-    """The fewest top-ranked entries whose loss `loss_of(k)` meets `target`, as the node
-    discretisation finds it: a geometric grid below the positive scores (or above, when those miss),
-    then a bisection inside the first bracket; the whole set is assumed to meet the target."""
+    """The fewest top-ranked entries whose loss `loss_of(k)` meets `target`, the whole set assumed to
+    meet it. From the entries with a positive score: if they meet the target, halve while the half
+    still does, else look only above them; then bisect inside the bracket. (The loss is not monotone
+    in k, so this is a search, not a proof; every point is judged exactly.)"""
     N = len(scores)
-    n_pos = int((scores > 0).sum())
     curve: dict[int, float] = {}
 
-    def f(k: int) -> float:
+    def meets(k: int) -> bool:
         if k not in curve:
             curve[k] = loss_of(k)
-        return curve[k]
+        return curve[k] <= target
 
-    grid = sorted({max(1, n_pos >> i) for i in range(16)}) if n_pos else []
-    if not n_pos or f(n_pos) > target:
-        grid = sorted(set(grid) | {min(N, max(n_pos, 1) * 2 ** i) for i in range(1, 20)} | {N})
-    hi = next((k for k in grid if k == N or f(k) <= target), N)
-    lower = [k for k in grid if k < hi]
-    lo = lower[-1] if lower else 0
-    while hi - lo > 1:
+    n_pos = int((scores > 0).sum())
+    if n_pos and meets(n_pos):
+        hi = n_pos
+        while hi > 1 and meets(hi // 2):
+            hi //= 2
+        lo = hi // 2
+    else:
+        lo, hi = n_pos, N
+    while hi - lo > 1:  # invariant: meets(hi) (or hi == N), not meets(lo) (or lo == 0)
         mid = (lo + hi) // 2
-        lo, hi = (lo, mid) if f(mid) <= target else (mid, hi)
+        lo, hi = (lo, mid) if meets(mid) else (mid, hi)
     return hi, sorted(curve.items())
 
 
@@ -75,14 +77,12 @@ def calibration_with(pruner: Pruner, ev: Evaluator, gates: torch.Tensor) -> Cali
     return held_out_calibration(tuple(t.cpu() for t in fit), tuple(t.cpu() for t in judge))
 
 
-def drop_unused_nodes(pruner: Pruner, keep: torch.Tensor, edges: EdgeSet, edge_keep: torch.Tensor,
-                      target: float) -> tuple[torch.Tensor, int]:
-    """`keep` without the nodes the kept weights leave unused, and how many went.
-
-    A residual read, v channel or neuron with no kept outgoing weight is already as good as ablated:
-    it goes (checked). A q/k/v channel, neuron or residual write with no kept incoming weight is a
-    constant rather than its mean: it goes only if the raw held-out loss stays at target, those that
-    are harmless one at a time tried together, else none of them."""
+def unused_nodes(pruner: Pruner, keep: torch.Tensor, edges: EdgeSet, edge_keep: torch.Tensor,
+                 target: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two (N,) masks of circuit nodes the kept weights leave without a use. `unused`: residual
+    reads, v channels and neurons with no kept outgoing weight, already as good as ablated.
+    `constant`: q/k/v channels, neurons and residual writes with no kept incoming weight (they
+    carry a constant, not their mean) whose removal alone keeps the screening batch at target."""
     layout = pruner.layout
     into, out = edges.node_degrees(layout, edge_keep.cpu())
     kinds = [loc.kind for loc in layout.locations for _ in range(loc.width)]
@@ -91,24 +91,16 @@ def drop_unused_nodes(pruner: Pruner, keep: torch.Tensor, edges: EdgeSet, edge_k
     keep = keep.cpu()
     unused = keep & through_out & (out == 0)
     constant = keep & ~unused & through_in & (into == 0)
-    # node sets inside `keep` under the fixed edge mask: an ablated node's weights carry nothing
-    ev = Evaluator(pruner.model, layout, pruner.ablate_to, pruner.cfg.freeze_norms, edges=edges,
-                   edge_gates=edge_keep.float().to(pruner.device))
-    judge = _judge(pruner, ev)
-    if int((keep & ~unused).sum()) == 0:
-        return keep, 0
-    best = keep & ~unused if unused.any() and float(judge((keep & ~unused).float()[None])[0]) <= target else keep
-    cand = (constant & best).nonzero().flatten()
-    if len(cand) and int(best.sum()) > len(cand):
-        singles = best.float().repeat(len(cand), 1)
+    cand = constant.nonzero().flatten()
+    if len(cand):
+        # node sets inside the circuit under its edge mask (an ablated node's weights carry nothing)
+        ev = Evaluator(pruner.model, layout, pruner.ablate_to, pruner.cfg.freeze_norms, edges=edges,
+                       edge_gates=edge_keep.float().to(pruner.device))
+        singles = (keep & ~unused).float().repeat(len(cand), 1)
         singles[torch.arange(len(cand)), cand] = 0.0
-        harmless = cand[judge(singles) <= target]
-        if len(harmless):
-            trial = best.clone()
-            trial[harmless] = False
-            if float(judge(trial.float()[None])[0]) <= target:
-                best = trial
-    return best, int(keep.sum() - best.sum())
+        constant = torch.zeros_like(keep)
+        constant[cand[ev.losses_many(pruner.screen, singles.to(pruner.device)).cpu() <= target]] = True
+    return unused, constant
 
 
 def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=None) -> PruneRun:
@@ -123,7 +115,7 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
     E = len(edges)
     info = {"node_level_edges": E, "nodes_before": int(keep.sum())}
 
-    def finish(keep, edges, edge_keep, loss, calibration, status, scores=run.scores):
+    def finish(keep, edge_keep, loss, calibration, status, scores=run.scores):
         info.update(status=status, nodes=int(keep.sum()), edges=int(edge_keep.sum()), loss=loss,
                     seconds=round(time.perf_counter() - t0, 1), cpu_seconds=round(time.process_time() - c0, 1))
         if log is not None:
@@ -135,50 +127,58 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
 
     all_edges = torch.ones(E, dtype=torch.bool)
     if run.loss > target:
-        return finish(keep, edges, all_edges, run.loss, run.calibration,
+        return finish(keep, all_edges, run.loss, run.calibration,
                       "the node circuit misses the target: every weight between its nodes kept")
     if E == 0:
-        return finish(keep, edges, all_edges, run.loss, run.calibration, "no weights between the nodes")
+        return finish(keep, all_edges, run.loss, run.calibration, "no weights between the nodes")
     ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, keep.to(device), edges, cfg.freeze_norms)
     judge = _judge(pruner, ev)
 
     # 1. train a mask over the weights, the nodes fixed
     gen = torch.Generator().manual_seed(cfg.seed + 104_729)
-    settings = replace(cfg, k_warmup=0.0, temperature_final=None)
+    settings = replace(cfg, lr=cfg.edge_lr, k_warmup=0.0, temperature_final=None)
     mask = HeavisideMask(E, cfg.init_bias, cfg.init_noise, cfg.temperature, generator=gen).to(device)
     if cfg.edge_steps:
         pruner.train_mask(mask, settings, cfg.edge_steps, cfg.edge_k_coef, gen, desc="edge mask",
                           logits_of=ev._gated_logits)
     scores = mask.scores().cpu()
     info["trained"] = int((scores > 0).sum())
+    info["train_seconds"] = round(time.perf_counter() - t0, 1)
     # 2. discretise: the fewest top-ranked weights meeting the target
     k, curve = fewest_top(scores, lambda k: float(judge(top_k_gates(scores, k)[None])[0]), target)
     edge_keep = top_k_gates(scores, k).bool()
     info["discretised"] = k
     info["curve"] = curve
+    info["discretise_seconds"] = round(time.perf_counter() - t0 - info["train_seconds"], 1)
     # 3. greedy removal of weights, exact on held-out pairs
-    edge_keep = greedy_remove(ev, pruner.screen, judge, edge_keep.to(device), target,
+    edge_keep = greedy_remove(ev, pruner.screen, judge, edge_keep.to(device), target, rounds=2, max_exact=32,
                               deadline=min(deadline, time.perf_counter() + cfg.edge_seconds)).cpu()
     info["greedy"] = int(edge_keep.sum())
-    # 4. nodes left without a use
-    new_keep, info["nodes_dropped"] = drop_unused_nodes(pruner, keep, edges, edge_keep, target)
-    if info["nodes_dropped"]:
+    loss = float(judge(edge_keep.float()[None])[0])
+    info["greedy_seconds"] = round(time.perf_counter() - t0 - info["train_seconds"] - info["discretise_seconds"], 1)
+    # 4. nodes left without a use: each candidate set judged exactly, with its own weights
+    unused, constant = unused_nodes(pruner, keep, edges, edge_keep, target)
+    info["nodes_dropped"] = 0
+    for drop in (unused | constant, unused):
+        new_keep = keep & ~drop
+        if not drop.any() or not new_keep.any():
+            continue
         kept_records = [e for e in edges.records(edge_keep)
                         if all(new_keep[pruner.layout.node_index(n)] for n in (e.source, e.target))]
         new_edges = edge_set(pruner.model, pruner.layout, new_keep)
         new_edge_keep = new_edges.mask_of(kept_records)
         new_ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, new_keep.to(device), new_edges,
                                cfg.freeze_norms)
-        if float(_judge(pruner, new_ev)(new_edge_keep.float()[None])[0]) <= target:
-            keep, edges, edge_keep, ev = new_keep, new_edges, new_edge_keep, new_ev
-        else:
-            info["nodes_dropped"] = 0
+        new_loss = float(_judge(pruner, new_ev)(new_edge_keep.float()[None])[0])
+        if new_loss <= target:
+            info["nodes_dropped"] = int(drop.sum())
+            keep, edges, edge_keep, ev, loss = new_keep, new_edges, new_edge_keep, new_ev, new_loss
+            break
     info["node_level_edges_after_drop"] = len(edges)
-    loss = float(_judge(pruner, ev)(edge_keep.float()[None])[0])
     if loss > target:  # cannot happen when every step above was judged, but never trust it
-        return finish(run.keep.cpu(), edge_set(pruner.model, pruner.layout, run.keep.cpu()), all_edges, run.loss,
-                      run.calibration, "no smaller weight set met the target: every weight between the nodes kept")
+        return finish(run.keep.cpu(), all_edges, run.loss, run.calibration,
+                      "no smaller weight set met the target: every weight between the nodes kept")
     scores = run.scores
     if not torch.equal(keep, run.keep.cpu()):
         scores = torch.where(keep, run.scores - run.scores.min() + 1.0, run.scores - run.scores.max() - 1.0)
-    return finish(keep, edges, edge_keep, loss, calibration_with(pruner, ev, edge_keep), "ok", scores)
+    return finish(keep, edge_keep, loss, calibration_with(pruner, ev, edge_keep), "ok", scores)

@@ -69,7 +69,8 @@ class PruneConfig:
     eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
     search_runs: int = 3            # mask runs in the built-in search
     edge_mask: bool = True          # then learn a mask over the weights between the circuit's nodes
-    edge_steps: int = 200           # mask steps of that edge mask
+    edge_steps: int = 60            # mask steps of that edge mask
+    edge_lr: float = 1e-2           # its learning rate
     edge_k_coef: float = 3e-3       # its penalty per kept weight
     edge_seconds: float = 60.0      # the edge stage's greedy removal stops after this (wall time)
     allow_chance_target: bool = False  # smoke tests of the pipeline only: accept a target >= ln 2
@@ -99,8 +100,9 @@ class PruneConfig:
             raise ValueError(f"budget must be a non-negative number of minutes, got {self.budget}")
         if self.steps < 1 or self.refine_steps < 0 or self.repair_rounds < 0 or self.retrain_rounds < 0:
             raise ValueError("steps must be positive, refine_steps and repair_rounds non-negative")
-        if self.edge_steps < 0 or not 0 < self.edge_k_coef < math.inf or not self.edge_seconds >= 0:
-            raise ValueError("edge_steps and edge_seconds must be non-negative, edge_k_coef a positive number")
+        if self.edge_steps < 0 or not 0 < self.edge_k_coef < math.inf or not 0 < self.edge_lr < math.inf \
+                or not self.edge_seconds >= 0:
+            raise ValueError("edge_steps and edge_seconds must be non-negative, edge_k_coef and edge_lr positive numbers")
         return self
 
 
