@@ -18,6 +18,13 @@ torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """The slow tests first (the shortened main job above all): spread over workers by pytest-xdist
+    (scripts/test.sh), a minute-long test that started last would leave the other workers idle
+    while it runs."""
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, "test_main_job" not in item.nodeid))
+
+
 @pytest.fixture(scope="session")
 def planted():
     """The planted model pruned once with the default test settings (about 5 s)."""
