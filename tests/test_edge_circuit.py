@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from planted import PLANTED_NODES, SETTINGS, PlantedQuoteTask, planted_model, planted_tokenizer, pretraining_windows
-from sparse_gpt.circuit import Circuit, Provenance, evaluate_circuit, load_circuit
+from sparse_gpt.circuit import Circuit, CircuitError, Provenance, evaluate_circuit, load_circuit
 from sparse_gpt.circuit.artefact import checksum
 from sparse_gpt.config import ModelConfig
 from sparse_gpt.model import GPT
@@ -202,7 +202,7 @@ def test_circuit_json_round_trips_the_edge_mask_and_validation_uses_it(tmp_path)
     data["nodes"].append({"name": "0.mlp.act_in[3]", "location": "0.mlp.act_in", "layer": 0,
                           "kind": "resid_read", "index": 3})
     data["checksum"] = checksum(data)
-    with pytest.raises(Exception, match="not a nonzero weight"):
+    with pytest.raises(CircuitError, match="not a nonzero weight"):
         Circuit.from_dict(data).edge_mask(model, layout)
 
 
@@ -232,3 +232,12 @@ def test_edge_settings_are_checked():
     for bad in ({"edge_k_coef": 0.0}, {"edge_steps": -1}, {"edge_seconds": float("nan")}):
         with pytest.raises(ValueError, match="edge"):
             PruneConfig(**bad).validate()
+
+
+def test_a_malformed_node_level_edges_is_refused(tmp_path):
+    model, layout, means, pruner, run, circuit = _weight_level_circuit(tmp_path)
+    for bad in ("12", -1, True, 1.5):
+        data = circuit.to_dict() | {"node_level_edges": bad}
+        data["checksum"] = checksum(data)
+        with pytest.raises(CircuitError, match="'node_level_edges' should be a whole number"):
+            Circuit.from_dict(data)

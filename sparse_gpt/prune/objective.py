@@ -11,11 +11,9 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import torch
-
 import torch.nn.functional as F
 
 from ..nodes import EdgeSet, NodeLayout
-
 from ..tasks.base import (TaskBatch, length_chunks, oriented_logit_diff, scored_logits, two_way_accuracy,
                           two_way_loss)
 from .masks import edge_gated, gated, record_norm_scales
