@@ -108,7 +108,9 @@ def _layer_losses(inp: ExportInput, means: torch.Tensor, batch, keep: torch.Tens
     attention or MLP nodes ablated from the circuit."""
     circuit, layout, model = inp.circuit, inp.layout, inp.loaded.model
     device = next(model.parameters()).device
-    ev = Evaluator(model, layout, circuit.ablation_values(means.to(device)), circuit.settings.freeze_norms)
+    edges, edge_keep = circuit.edge_mask(model, layout)  # the circuit's own weights (all, at node level)
+    ev = Evaluator(model, layout, circuit.ablation_values(means.to(device)), circuit.settings.freeze_norms,
+                   edges=edges, edge_gates=edge_keep.float().to(device))
     gates = keep.float().to(device)
     losses = {}
     for i in range(model.config.n_layer):
