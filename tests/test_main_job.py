@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from inprocess import run_main, script_main
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -14,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_main_job_shortened(tmp_path):
     out = tmp_path / "run"
     env = dict(os.environ, PRUNE_ARGS="--steps 10 --search-runs 1 --no-control --target-loss 5 --allow-chance-target --no-progress")
-    proc = subprocess.run(["bash", "scripts/main.sh", "--out", str(out), "--steps", "30", "--no-progress",
-                           "--set", "train.eval_interval=15", "--set", "train.ckpt_interval=15"],
+    # 10 steps (two evaluations, two checkpoints) prove the training stage; the circuit stage then
+    # runs every step the real job does, on a target any model meets
+    proc = subprocess.run(["bash", "scripts/main.sh", "--out", str(out), "--steps", "10", "--no-progress",
+                           "--set", "train.eval_interval=5", "--set", "train.ckpt_interval=5"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "done: val loss" in proc.stdout and "unigram baseline" in proc.stdout
@@ -34,9 +38,10 @@ def test_main_job_shortened(tmp_path):
     assert (circuit_dir / "circuit.html").exists() and "computing" not in proc.stderr
 
 
-def test_prune_cli_errors(tmp_path):
-    run = [sys.executable, "prune_circuit.py", "--checkpoint", str(tmp_path / "nowhere"), "--task"]
-    proc = subprocess.run(run + ["single_double_quote"], cwd=ROOT, capture_output=True, text=True)
+def test_prune_cli_errors(tmp_path, capsys):
+    prune = script_main("prune_circuit.py")  # in-process (tests/inprocess.py)
+    run = ["--checkpoint", str(tmp_path / "nowhere"), "--task"]
+    proc = run_main(prune, run + ["single_double_quote"], capsys)
     assert proc.returncode == 2 and "nowhere" in proc.stderr
-    proc = subprocess.run(run + ["quote_closing"], cwd=ROOT, capture_output=True, text=True)
+    proc = run_main(prune, run + ["quote_closing"], capsys)
     assert proc.returncode == 2 and "single_double_quote" in proc.stderr  # lists / suggests valid names

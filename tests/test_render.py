@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from inprocess import module_main, run_main
 from planted import PLANTED_NODES, circuit_of
 from sparse_gpt.render import circuit_layout, render_static
 
@@ -34,7 +35,7 @@ def test_layout_places_every_node_on_its_row_and_channel(planted):
                                                                 if "act_in" in n or "resid_delta" in n))
 
 
-def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path):
+def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path, capsys):
     model, tok, task, layout, means, pruner, run = planted
     circuit = circuit_of(model, layout, run)
     paths = render_static(circuit, tmp_path / "circuit")
@@ -43,16 +44,15 @@ def test_render_writes_png_and_svg_and_the_cli_rerenders(planted, tmp_path):
     assert "1.attn.q[0]" in (tmp_path / "circuit.svg").read_text()  # labels are drawn for small circuits
     assert not list(tmp_path.glob(".*"))  # saved atomically: no temp files left behind
     path = circuit.save(tmp_path / "again" / "circuit.json")
-    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path), "--static-only"], cwd=ROOT,
-                          capture_output=True, text=True)
+    # the command's main in-process (tests/inprocess.py); the main-job test runs the real command line
+    render = module_main("sparse_gpt.render")
+    proc = run_main(render, [str(path), "--static-only"], capsys)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "again" / "circuit.png").exists()
     # circuit.html needs the model for its node panels: this artefact names no checkpoint
-    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(path)], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = run_main(render, [str(path)], capsys)
     assert proc.returncode == 2 and "circuit.html not written" in proc.stderr and "--static-only" in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(tmp_path / "missing.json")], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = run_main(render, [str(tmp_path / "missing.json")], capsys)
     assert proc.returncode == 2 and "no circuit file" in proc.stderr
 
 
