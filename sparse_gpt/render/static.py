@@ -90,4 +90,5 @@ def render_static(circuit: Circuit, out_prefix: str | Path) -> list[Path]:
               ncol=1 if not curve else 6)
     fig.tight_layout()
     out_prefix = Path(out_prefix)
+    out_prefix.parent.mkdir(parents=True, exist_ok=True)
     return [atomic_save_figure(fig, out_prefix.with_suffix(f".{ext}"), dpi=150) for ext in ("png", "svg")]
