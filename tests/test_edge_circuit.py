@@ -241,3 +241,12 @@ def test_a_malformed_node_level_edges_is_refused(tmp_path):
         data["checksum"] = checksum(data)
         with pytest.raises(CircuitError, match="'node_level_edges' should be a whole number"):
             Circuit.from_dict(data)
+
+
+def test_fewest_top_finds_the_smallest_count_meeting_the_target_from_either_side():
+    from sparse_gpt.prune.edges import fewest_top
+    loss = lambda k: 1.0 / k  # noqa: E731  (monotone: meets 0.1 from k = 10 on)
+    for n_pos in (0, 4, 37, 100):  # the mask kept too few, or more than needed
+        scores = torch.cat([torch.ones(n_pos), -torch.ones(100 - n_pos)])
+        k, curve = fewest_top(scores, loss, 0.1)
+        assert k == 10 and all(loss(j) == v for j, v in curve) and len(curve) <= 12
