@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from inprocess import run_main, script_main
 from sparse_gpt import load_model
 from sparse_gpt.checkpoint import latest_checkpoint, load_state_dict
 
@@ -18,9 +19,18 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
 
 
-def run_train(*args, check=True, **kw):
+def run_train(capsys, *args, check=True):
+    """train.py --config configs/tiny.yaml ARGS, its main called in-process (tests/inprocess.py)."""
+    proc = run_main(script_main("train.py"), ["--config", str(TINY), "--no-progress", *map(str, args)], capsys)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def run_train_process(*args, check=True):
+    """The same through a real `python train.py`: for runs compared bit for bit with other processes'."""
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), "--no-progress", *map(str, args)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, **kw)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
@@ -30,9 +40,9 @@ def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     return load_state_dict(latest_checkpoint(run_dir))
 
 
-def test_tiny_run_lowers_val_loss_and_writes_everything(tmp_path):
+def test_tiny_run_lowers_val_loss_and_writes_everything(tmp_path, capsys):
     out = tmp_path / "run"
-    run_train("--out", out, "--steps", 40)
+    run_train(capsys, "--out", out, "--steps", 40)
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     vals = [r["val_loss"] for r in records if "val_loss" in r]
@@ -53,7 +63,7 @@ def test_tiny_run_lowers_val_loss_and_writes_everything(tmp_path):
 def test_resume_after_kill_is_bit_exact(tmp_path):
     steps = 60
     common = ["--steps", steps, "--set", "train.ckpt_interval=10", "--set", "train.eval_interval=30"]
-    run_train("--out", tmp_path / "straight", *common)
+    run_train_process("--out", tmp_path / "straight", *common)
 
     killed = tmp_path / "killed"
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), "--no-progress", "--out", str(killed),
@@ -104,9 +114,9 @@ def _all_finite(ckpt_dir: Path) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in load_state_dict(ckpt_dir).values() if t.is_floating_point())
 
 
-def test_divergence_stops_and_names_a_checkpoint_that_is_really_good(tmp_path):
+def test_divergence_stops_and_names_a_checkpoint_that_is_really_good(tmp_path, capsys):
     # Diverges within a few steps; with a checkpoint every step, the last ones saved are close to it.
-    proc = run_train("--out", tmp_path / "a", "--steps", 30, "--set", "train.lr=1e3", "--set", "train.ckpt_interval=1",
+    proc = run_train(capsys, "--out", tmp_path / "a", "--steps", 30, "--set", "train.lr=1e3", "--set", "train.ckpt_interval=1",
                      "--set", "train.warmup_frac=0", check=False)
     assert proc.returncode == 2 and "not finite" in proc.stderr, proc.stderr
     named = Path(re.search(r"last good checkpoint is (\S+)", proc.stderr).group(1))
@@ -114,8 +124,8 @@ def test_divergence_stops_and_names_a_checkpoint_that_is_really_good(tmp_path):
     assert all(_all_finite(d) for d in (tmp_path / "a" / "checkpoints").glob("step_*"))
 
 
-def test_nan_loss_at_the_first_step_saves_nothing(tmp_path):
-    proc = run_train("--out", tmp_path, "--steps", 30, "--set", "train.lr=1e30", "--set", "train.ckpt_interval=1",
+def test_nan_loss_at_the_first_step_saves_nothing(tmp_path, capsys):
+    proc = run_train(capsys, "--out", tmp_path, "--steps", 30, "--set", "train.lr=1e30", "--set", "train.ckpt_interval=1",
                      check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "training loss is" in proc.stderr or "not finite" in proc.stderr
@@ -123,10 +133,10 @@ def test_nan_loss_at_the_first_step_saves_nothing(tmp_path):
     assert latest_checkpoint(tmp_path) is None
 
 
-def test_bad_config_errors(tmp_path):
-    proc = run_train("--out", tmp_path, "--set", "train.learning_rat=1", check=False)
+def test_bad_config_errors(tmp_path, capsys):
+    proc = run_train(capsys, "--out", tmp_path, "--set", "train.learning_rat=1", check=False)
     assert proc.returncode == 2 and "train.learning_rat" in proc.stderr
-    proc = run_train("--out", tmp_path, "--set", "sparsity.matrix_density=0.001", check=False)
+    proc = run_train(capsys, "--out", tmp_path, "--set", "sparsity.matrix_density=0.001", check=False)
     assert proc.returncode == 2 and "neuron floor" in proc.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("model:\n  n_layers: 2\n")
@@ -134,13 +144,13 @@ def test_bad_config_errors(tmp_path):
     assert proc.returncode == 2 and "did you mean 'n_layer'" in proc.stderr
 
 
-def test_resume_refuses_a_changed_config(tmp_path):
-    run_train("--out", tmp_path, "--steps", 5, "--set", "train.ckpt_interval=5")
-    proc = run_train("--out", tmp_path, "--resume", "--steps", 10, "--set", "model.d_model=64", check=False)
+def test_resume_refuses_a_changed_config(tmp_path, capsys):
+    run_train(capsys, "--out", tmp_path, "--steps", 5, "--set", "train.ckpt_interval=5")
+    proc = run_train(capsys, "--out", tmp_path, "--resume", "--steps", 10, "--set", "model.d_model=64", check=False)
     assert proc.returncode == 2 and "model.d_model" in proc.stderr
 
 
-def test_resume_refuses_a_changed_corpus(tmp_path):
+def test_resume_refuses_a_changed_corpus(tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     src = Path(__file__).resolve().parents[1] / "sparse_gpt"
@@ -149,15 +159,15 @@ def test_resume_refuses_a_changed_corpus(tmp_path):
     common = ["--set", "data.source=files", "--set", f"data.path={corpus}", "--set", "data.max_bytes=null",
               "--set", f"data.cache_dir={tmp_path / 'cache'}", "--set", "data.val_fraction=0.3",
               "--set", "train.ckpt_interval=4"]
-    run_train("--out", tmp_path / "run", "--steps", 4, *common)
+    run_train(capsys, "--out", tmp_path / "run", "--steps", 4, *common)
     (corpus / "model.py").write_text((corpus / "model.py").read_text() + "\n# edited\n")
-    proc = run_train("--out", tmp_path / "run", "--resume", "--steps", 8, *common, check=False)
+    proc = run_train(capsys, "--out", tmp_path / "run", "--resume", "--steps", 8, *common, check=False)
     assert proc.returncode == 2 and "corpus/tokenizer differ" in proc.stderr
 
 
-def test_dense_baseline_run_completes_with_plots(tmp_path):
+def test_dense_baseline_run_completes_with_plots(tmp_path, capsys):
     """Density 1 is the same code with no top-k: the run, its summary and its plots all work."""
-    run_train("--out", tmp_path, "--steps", 6, "--set", "sparsity.matrix_density=1.0",
+    run_train(capsys, "--out", tmp_path, "--steps", 6, "--set", "sparsity.matrix_density=1.0",
               "--set", "sparsity.embed_density=1.0", "--set", "train.ckpt_interval=6",
               "--set", "train.eval_interval=6")
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -203,15 +213,15 @@ def _wait_for(predicate, proc, timeout=120.0):
     return predicate()
 
 
-def test_training_into_an_existing_run_is_refused_until_overwrite(tmp_path):
+def test_training_into_an_existing_run_is_refused_until_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
-    run_train("--out", out, "--steps", 4, "--set", "train.ckpt_interval=2", *FAST)
+    run_train(capsys, "--out", out, "--steps", 4, "--set", "train.ckpt_interval=2", *FAST)
     first = final_weights(out)
-    refused = run_train("--out", out, "--steps", 4, "--set", "train.seed=5", check=False)
+    refused = run_train(capsys, "--out", out, "--steps", 4, "--set", "train.seed=5", check=False)
     assert refused.returncode == 2 and "already holds a run" in refused.stderr
     assert all(torch.equal(first[k], v) for k, v in final_weights(out).items())
     (out / "notes.txt").write_text("mine")  # not the run's: --overwrite leaves it alone
-    done = run_train("--out", out, "--steps", 4, "--set", "train.seed=5", "--set", "train.ckpt_interval=2",
+    done = run_train(capsys, "--out", out, "--steps", 4, "--set", "train.seed=5", "--set", "train.ckpt_interval=2",
                      "--overwrite", *FAST)
     assert "overwriting the run" in done.stdout
     assert not all(torch.equal(first[k], v) for k, v in final_weights(out).items())
@@ -220,18 +230,18 @@ def test_training_into_an_existing_run_is_refused_until_overwrite(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tmp_path):
+def test_a_second_run_into_the_same_directory_is_refused_while_the_first_runs(tmp_path, capsys):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "train.py"), "--config", str(TINY), "--no-progress", "--out", str(out),
            "--steps", "100000", "--set", "train.ckpt_interval=1000"]
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert _wait_for(lambda: (out / "metrics.jsonl").exists(), first), first.stderr
-        second = run_train("--out", out, "--steps", 4, check=False)
+        second = run_train(capsys, "--out", out, "--steps", 4, check=False)
         assert second.returncode == 2
         assert second.stderr.strip() == (f"error: {out} is in use by another training run (pid {first.pid}); "
                                          "wait for it to finish or give another --out")
-        resumed = run_train("--out", out, "--resume", "--steps", 100001, check=False)
+        resumed = run_train(capsys, "--out", out, "--resume", "--steps", 100001, check=False)
         assert resumed.returncode == 2 and f"pid {first.pid}" in resumed.stderr
         assert first.poll() is None  # the first run was not disturbed
     finally:
@@ -266,20 +276,20 @@ def test_sigint_and_sigterm_stop_at_a_step_with_a_checkpoint_and_resume_exactly(
     resumed = subprocess.run([sys.executable, *rest], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     straight = tmp_path / "straight"
-    run_train("--out", straight, "--steps", steps, "--set", "train.ckpt_interval=1000", *FAST)
+    run_train_process("--out", straight, "--steps", steps, "--set", "train.ckpt_interval=1000", *FAST)
     a, b = final_weights(straight), final_weights(tmp_path / "term")
     assert all(torch.equal(a[k], b[k]) for k in a)
     logged = [json.loads(l)["step"] for l in (tmp_path / "term" / "metrics.jsonl").read_text().splitlines()]
     assert logged == list(range(1, steps + 1))
 
 
-def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path):
+def test_a_torn_last_metrics_line_is_dropped_with_a_warning(tmp_path, capsys):
     out = tmp_path / "run"
-    run_train("--out", out, "--steps", 4, "--set", "train.ckpt_interval=2", *FAST)
+    run_train(capsys, "--out", out, "--steps", 4, "--set", "train.ckpt_interval=2", *FAST)
     (out / "checkpoints" / "LATEST").write_text("step_000002\n")  # as if killed after step 3
     lines = (out / "metrics.jsonl").read_text().splitlines()[:3]
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n" + lines[2][:17])  # power cut mid-line
-    proc = run_train("--out", out, "--resume", "--steps", 6, "--set", "train.ckpt_interval=2", *FAST)
+    proc = run_train(capsys, "--out", out, "--resume", "--steps", 6, "--set", "train.ckpt_interval=2", *FAST)
     assert "dropped its last line, which was cut short" in proc.stderr
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == list(range(1, 7))
 
