@@ -1,6 +1,4 @@
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 # One intra-op thread per process, set before torch is imported: on a 2-core machine torch's default
@@ -11,6 +9,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from inprocess import run_main, script_main  # noqa: E402
 from planted import prune_planted  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
@@ -33,9 +32,9 @@ def planted():
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A real checkpoint: configs/tiny.yaml trained for 20 steps (about 15 s)."""
+    """A real checkpoint: configs/tiny.yaml trained for 20 steps by train.py's main (in-process)."""
     out = tmp_path_factory.mktemp("tiny") / "run"
-    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.yaml", "--no-progress",
-                           "--out", str(out), "--steps", "20"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_main(script_main("train.py"), ["--config", "configs/tiny.yaml", "--no-progress", "--out", str(out),
+                                              "--steps", "20"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out

@@ -13,8 +13,10 @@ generators back as they were.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import logging
 import os
 import random
@@ -74,28 +76,36 @@ def _difference(before, after) -> str:
     return f"{before!r} -> {after!r}"
 
 
-def run_main(main: Callable[[Sequence[str]], int], argv: Sequence[str], capsys) -> Result:
+def run_main(main: Callable[[Sequence[str]], int], argv: Sequence[str], capsys=None) -> Result:
     """Call `main(argv)` from the repository root; an exception other than SystemExit propagates
-    (it would have been a traceback). Fails if the command changed process-wide state."""
-    capsys.readouterr()  # drop what fixtures printed
+    (it would have been a traceback). Output is read through pytest's `capsys`, or, where there is
+    none (module and session fixtures), caught by redirecting sys.stdout and sys.stderr. Fails if the
+    command changed process-wide state."""
+    buffers = None if capsys is not None else (io.StringIO(), io.StringIO())
+    if capsys is not None:
+        capsys.readouterr()  # drop what fixtures printed
     cwd = os.getcwd()
     # Training seeds the global generators (its model init is drawn from them), which a process of
     # its own may do: they are put back, so no later test sees a difference.
     generators = torch.get_rng_state(), np.random.get_state(), random.getstate()
     os.chdir(ROOT)
     try:
-        before = _process_state()
-        try:
-            code = main(list(argv))
-        except SystemExit as e:  # argparse's errors, as in a real process
-            code = e.code
-        after = _process_state()
+        with contextlib.ExitStack() as stack:
+            if buffers is not None:
+                stack.enter_context(contextlib.redirect_stdout(buffers[0]))
+                stack.enter_context(contextlib.redirect_stderr(buffers[1]))
+            before = _process_state()
+            try:
+                code = main(list(argv))
+            except SystemExit as e:  # argparse's errors, as in a real process
+                code = e.code
+            after = _process_state()
     finally:
         os.chdir(cwd)
         torch.set_rng_state(generators[0])
         np.random.set_state(generators[1])
         random.setstate(generators[2])
-    out, err = capsys.readouterr()
+    out, err = capsys.readouterr() if capsys is not None else (buffers[0].getvalue(), buffers[1].getvalue())
     changed = [f"{k}: {_difference(before[k], after[k])}" for k in before if before[k] != after[k]]
     assert not changed, f"{list(argv)} changed process-wide state: {'; '.join(changed)}"
     if code is None:

@@ -63,7 +63,7 @@ def snapshot(path: Path) -> dict[str, str]:
 def finished_run(tmp_path_factory) -> Path:
     """A tiny run trained to its end (step 4), with checkpoints at steps 2 and 4."""
     out = tmp_path_factory.mktemp("finished") / "run"
-    proc = run_cli(["--config", str(TINY), "--out", str(out), "--steps", "4", *FAST])
+    proc = run_main(script_main("train.py"), ["--config", str(TINY), "--out", str(out), "--steps", "4", *FAST])
     assert proc.returncode == 0, proc.stderr
     return out
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from inprocess import Result, module_main, run_main
+from inprocess import Result, module_main, run_main, script_main
 from sparse_gpt.circuit import Circuit, Provenance
 from sparse_gpt.export import GRAPH_INDEX, check_graph
 from sparse_gpt.loading import load_any
@@ -47,9 +47,8 @@ def checkpoint(tmp_path_factory) -> Path:
     """configs/tiny.yaml trained for 20 steps with a context long enough for the task prompts
     (its 512-token vocabulary makes them longer than the 64 tokens tiny.yaml has)."""
     out = tmp_path_factory.mktemp("tiny128") / "run"
-    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.yaml", "--no-progress",
-                           "--out", str(out), "--steps", "20", "--set", "model.block_size=128"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = run_main(script_main("train.py"), ["--config", "configs/tiny.yaml", "--no-progress", "--out", str(out),
+                                              "--steps", "20", "--set", "model.block_size=128"])
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     return out
 

@@ -21,10 +21,11 @@ def test_budgeted_search_keeps_the_smallest_circuit_meeting_the_target():
 
 
 def test_a_budget_stops_the_search():
-    *_, pruner, _ = prune_planted(steps=100, budget=0.15)
+    """No trial cap: only the budget (3 s) ends the search."""
+    *_, pruner, _ = prune_planted(steps=100, budget=0.05)
     t0 = time.perf_counter()
     best, runs = pruner.search(progress=False)
-    assert time.perf_counter() - t0 < 0.15 * 60 + 20 and runs and best.loss <= 0.15
+    assert time.perf_counter() - t0 < 0.05 * 60 + 20 and runs and best.loss <= 0.15
 
 
 def test_bad_budgets_are_refused():

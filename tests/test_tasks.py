@@ -19,7 +19,7 @@ import pytest
 import tokenizers
 import torch
 
-from inprocess import Result, module_main, run_main
+from inprocess import Result, module_main, run_main, script_main
 from sparse_gpt.tasks import (
     PAPER_TASKS,
     Example,
@@ -600,7 +600,7 @@ def test_intervene_on_a_task_asks_for_the_tasks_answer_tokens(name, openai_dir, 
                        for i in range(len(batch))]
 
 
-def test_a_trained_merging_run_written_in_openai_format_computes_the_same(tmp_path):
+def test_a_trained_merging_run_written_in_openai_format_computes_the_same(tmp_path, capsys):
     """A run trained without bracket isolation, written as an OpenAI model directory (ids moved to
     the data-gym layout), gives the same logits for the same text and poses the quote task with
     merged answer tokens: how the README's table on an OpenAI-format model was made."""
@@ -609,10 +609,10 @@ def test_a_trained_merging_run_written_in_openai_format_computes_the_same(tmp_pa
     from sparse_gpt import load_model
 
     run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, "train.py", "--config", "configs/tiny.yaml", "--no-progress",
-                           "--out", str(run), "--steps", "10", "--set", "data.vocab_size=2048",
-                           "--set", "data.isolate_brackets=false", "--set", "model.block_size=128"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    proc = run_main(script_main("train.py"), ["--config", "configs/tiny.yaml", "--no-progress", "--out", str(run),
+                                              "--steps", "10", "--set", "data.vocab_size=2048",
+                                              "--set", "data.isolate_brackets=false", "--set", "model.block_size=128"],
+                    capsys)
     assert proc.returncode == 0, proc.stderr[-2000:]
     ours, our_tok = load_model(run)
     theirs, their_tok = load_model(save_run_as_openai(run, tmp_path / "openai"))
