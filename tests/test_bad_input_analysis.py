@@ -332,10 +332,11 @@ def _make_writable(directory: Path, how: str) -> None:
         directory.chmod(0o755)
 
 
-def test_a_read_only_checkpoint_caches_in_the_user_cache_directory(run_dir: Path, tmp_path: Path, env):
+def test_a_read_only_checkpoint_caches_in_the_user_cache_directory(run_dir: Path, tmp_path: Path, env, monkeypatch,
+                                                                   capsys):
     """explain and intervene --ablate on a checkpoint whose directory cannot be written: both work,
-    their caches go to $XDG_CACHE_HOME/sparse_gpt, the second call reads them, and the checkpoint is
-    untouched."""
+    their caches go to $XDG_CACHE_HOME/sparse_gpt, the second call (a new process) reads them, and the
+    checkpoint is untouched."""
     run = tmp_path / "ro-run"
     shutil.copytree(run_dir, run)
     step = next((run / "checkpoints").glob("step_*"))
@@ -343,9 +344,10 @@ def test_a_read_only_checkpoint_caches_in_the_user_cache_directory(run_dir: Path
     explain = ["--checkpoint", str(run), "0.mlp.post_act[3]"]
     ablate = ["--checkpoint", str(run), "--ablate", "1.mlp.post_act[5]", "--prompt", "x = 'abc"]
     how = _make_unwritable(step)
+    first = _in_process(monkeypatch, tmp_path, capsys)
     try:
-        first_e, again_e = (run_module("sparse_gpt.explain", explain, env) for _ in range(2))
-        first_i, again_i = (run_module("sparse_gpt.intervene", ablate, env) for _ in range(2))
+        first_e, again_e = first("sparse_gpt.explain", explain), run_module("sparse_gpt.explain", explain, env)
+        first_i, again_i = first("sparse_gpt.intervene", ablate), run_module("sparse_gpt.intervene", ablate, env)
     finally:
         _make_writable(step, how)
     for first, again in ((first_e, again_e), (first_i, again_i)):
@@ -453,13 +455,13 @@ def test_a_rewritten_node_contexts_cache_is_recomputed_with_a_note(loaded_copy, 
     assert json.dumps(again.to_dict()) == json.dumps(first.to_dict())  # NaN marks a window's end
 
 
-def test_a_rewritten_cache_through_the_command_line(run_dir: Path, tmp_path: Path, env):
+def test_a_rewritten_cache_through_the_command_line(run_dir: Path, tmp_path: Path, env, monkeypatch, capsys):
     """intervene --ablate on a checkpoint whose node means someone replaced (and re-signed) with
     means for another model: one note, then the same answer as with the real means."""
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     args = ["--checkpoint", str(run), "--ablate", "1.mlp.post_act[5]", "--prompt", "x = 'abc"]
-    clean = run_module("sparse_gpt.intervene", args, env)
+    clean = _in_process(monkeypatch, tmp_path, capsys)("sparse_gpt.intervene", args)
     assert clean.returncode == 0, clean.stderr
     path = next((run / "checkpoints").glob("step_*")) / MEANS_FILE
     _resign(path, {"means": torch.zeros(7)})
