@@ -144,18 +144,22 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
     scores = mask.scores().cpu()
     info["trained"] = int((scores > 0).sum())
     info["train_seconds"] = round(time.perf_counter() - t0, 1)
+    info["train_cpu_seconds"] = round(time.process_time() - c0, 1)
     # 2. discretise: the fewest top-ranked weights meeting the target
     k, curve = fewest_top(scores, lambda k: float(judge(top_k_gates(scores, k)[None])[0]), target)
     edge_keep = top_k_gates(scores, k).bool()
     info["discretised"] = k
     info["curve"] = curve
     info["discretise_seconds"] = round(time.perf_counter() - t0 - info["train_seconds"], 1)
+    info["discretise_cpu_seconds"] = round(time.process_time() - c0 - info["train_cpu_seconds"], 1)
     # 3. greedy removal of weights, exact on held-out pairs
     edge_keep = greedy_remove(ev, pruner.screen, judge, edge_keep.to(device), target, rounds=2, max_exact=32,
                               deadline=min(deadline, time.perf_counter() + cfg.edge_seconds)).cpu()
     info["greedy"] = int(edge_keep.sum())
     loss = float(judge(edge_keep.float()[None])[0])
     info["greedy_seconds"] = round(time.perf_counter() - t0 - info["train_seconds"] - info["discretise_seconds"], 1)
+    info["greedy_cpu_seconds"] = round(time.process_time() - c0 - info["train_cpu_seconds"]
+                                       - info["discretise_cpu_seconds"], 1)
     # 4. nodes left without a use: each candidate set judged exactly, with its own weights
     unused, constant = unused_nodes(pruner, keep, edges, edge_keep, target)
     info["nodes_dropped"] = 0
