@@ -1,10 +1,11 @@
 """Run a command line's `main(argv)` inside the test process.
 
-A bad-input case through a real subprocess costs ~1.4 s on 2 cores, almost all of it a new
-interpreter importing torch; the same case in-process costs milliseconds. Every command's
-`__main__` block is only `sys.exit(main())`, so calling `main` with the same arguments (from the
-repository root, as the subprocess cases run) exercises the same code, and a few cases per command
-still go through the real entry point to keep that last step proven.
+A command through a real subprocess costs ~1.4 s of start-up on 2 cores (a new interpreter
+importing torch, and `datasets` for the Hugging Face source) before it does anything; a bad-input
+case in-process costs milliseconds. Every command's `__main__` block is only `sys.exit(main())`, so
+calling `main` with the same arguments (from the repository root, as the subprocess cases run)
+exercises the same code, and a few cases per command still go through the real entry point to keep
+that last step proven. Runs compared bit for bit with other processes' stay processes of their own.
 
 Running in-process is only sound if a command leaves the process as it found it: `run_main`
 fails a test whose command changed the working directory, the environment, the signal handlers,
