@@ -79,6 +79,12 @@ VARIANTS: tuple[Variant, ...] = (
             "deeper and narrower"),
     Variant("tests_in", ('data.exclude=["idlelib/*", "lib2to3/*", "pydoc_data/*"]',), 1.00,
             "the corpus keeps the stdlib's test suite (if the interpreter ships it): more text, same steps"),
+    Variant("L2b16x3200", ("model.n_layer=2", "train.batch_size=16", "train.steps=3200"), 1.03,
+            "2 layers, half the batch, 2x the updates"),
+    Variant("L2lr03x1600", ("model.n_layer=2", "train.steps=1600", "train.lr=0.03"), 1.07, "2 layers, higher LR"),
+    Variant("L1x2400", ("model.n_layer=1", "train.steps=2400"), 1.0, "1 layer, more tokens"),
+    Variant("L2e50x1600", ("model.n_layer=2", "train.steps=1600", "sparsity.embed_density=0.5"), 1.07,
+            "2 layers, embeddings keep 1/2"),
     Variant("x2", ("train.steps=1800",), 2.00, "twice the control's tokens: a trend point, over the budget"),
 )
 
