@@ -37,6 +37,9 @@ def parse_args(argv=None):
     p.add_argument("--task", required=True, help="task name, or 'all' for every task (see python -m sparse_gpt.tasks list)")
     p.add_argument("--out", help="output directory (default: <checkpoint run>/circuits); one subdirectory per task")
     p.add_argument("--target-loss", type=float, default=d.target_loss, help="task loss the circuit must meet")
+    p.add_argument("--search-margin", type=float, default=d.search_margin,
+                   help=f"the search aims this share under --target-loss, so that the circuit meets the target on fresh "
+                        f"pairs too (default {d.search_margin}; validation always judges the target itself)")
     p.add_argument("--ablation", choices=ABLATIONS, default=d.ablation, help="what a pruned node carries")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="where to run")
     p.add_argument("--mask", choices=["heaviside", "hard_concrete"], default=d.mask,
@@ -107,7 +110,7 @@ def print_table(rows: list[tuple[str, Metrics | Score]]) -> None:
 
 
 def prune_config(args) -> PruneConfig:
-    return PruneConfig(target_loss=args.target_loss, ablation=args.ablation, mask=args.mask,
+    return PruneConfig(target_loss=args.target_loss, search_margin=args.search_margin, ablation=args.ablation, mask=args.mask,
                        target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
                        natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
                        search_runs=args.search_runs or PruneConfig.search_runs, max_trials=args.search_runs or 0,

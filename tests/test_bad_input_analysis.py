@@ -268,6 +268,7 @@ PRUNE_CASES = [
     ("prune --k-coef negative", ["--k-coef", "-1"], "k_coef must be a positive number, got -1.0"),
     ("prune --lr inf", ["--lr", "inf"], "lr must be a positive number, got inf"),
     ("prune --budget negative", ["--budget", "-1"], "budget must be a non-negative number of minutes"),
+    ("prune --search-margin 1", ["--search-margin", "1"], "search_margin must be in [0, 1), got 1.0"),
     ("prune --steps not a number", ["--steps", "many"], "argument --steps: expected a whole number, got 'many'"),
 ]
 

@@ -108,7 +108,7 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
     every weight between the nodes is kept (and the stage says why) when the node circuit misses
     the target or no smaller weight set meets it."""
     cfg = pruner.cfg
-    target, device = cfg.target_loss, pruner.device
+    target, device = cfg.search_target, pruner.device
     t0, c0 = time.perf_counter(), time.process_time()
     keep = run.keep.cpu()
     edges = edge_set(pruner.model, pruner.layout, keep)

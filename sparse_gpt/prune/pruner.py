@@ -40,6 +40,9 @@ CHANCE_LOSS = math.log(2)  # the two-way loss of a coin flip
 @dataclass
 class PruneConfig:
     target_loss: float = 0.15
+    # the search aims this share under the target: its held-out pairs judge hundreds of candidate
+    # removals, so a circuit chosen at the target on them scores ~5% worse on fresh pairs
+    search_margin: float = 0.1
     ablation: str = "mean"          # mean | zero
     mask: str = "heaviside"         # heaviside (the paper) | hard_concrete (Lagrangian target size)
     target_size: int = 64           # hard_concrete only: nodes the Lagrangian drives towards
@@ -76,7 +79,14 @@ class PruneConfig:
     allow_chance_target: bool = False  # smoke tests of the pipeline only: accept a target >= ln 2
     seed: int = 0
 
+    @property
+    def search_target(self) -> float:
+        """The held-out loss the search must reach (the target less the margin)."""
+        return self.target_loss * (1.0 - self.search_margin)
+
     def validate(self) -> "PruneConfig":
+        if not 0 <= self.search_margin < 1:
+            raise ValueError(f"search_margin must be in [0, 1), got {self.search_margin}")
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
         if self.mask not in ("heaviside", "hard_concrete"):
@@ -131,7 +141,7 @@ class PruneRun:
     @property
     def converged(self) -> bool:
         """The trained mask itself solved the task (so the ranking, not the bisection, chose the size)."""
-        return self.loss_positive <= self.settings.target_loss
+        return self.loss_positive <= self.settings.search_target
 
     def summary(self) -> dict:
         return {"k_coef": self.settings.k_coef, "lr": self.settings.lr, "seed": self.settings.seed,
@@ -178,6 +188,10 @@ class Pruner:
             raise TargetUnreachableError(
                 f"the full model's loss on {task.name} is {self.full_loss:.4f}, above the target "
                 f"{cfg.target_loss}; no circuit can meet it (train longer, or pass a higher --target-loss)", full)
+        if self.full_loss > self.cfg.search_target:
+            # too little room under the target for the whole margin: aim halfway between the two
+            margin = (cfg.target_loss - self.full_loss) / (2 * cfg.target_loss)
+            self.cfg = replace(self.cfg, search_margin=max(0.0, margin))
 
     # -- one mask-training run --
 
@@ -273,7 +287,7 @@ class Pruner:
             n_pos = int((scores > 0).sum())
             loss = float(self.judge((scores > 0).float()[None])) if n_pos else math.inf
             retrained.append({"stage": "trained" if not retrained else "retrained", "nodes": n_pos, "loss": loss})
-            if loss <= settings.target_loss:
+            if loss <= settings.search_target:
                 break
             # it missed: switched-off nodes sit at the clamp, too far for a short run to bring back,
             # so they restart just below the threshold and training goes on with a quarter of the penalty
@@ -300,7 +314,7 @@ class Pruner:
         loss = float(self.judge(keep.float()[None])) if keep.any() else math.inf
         stages = [{"stage": label, "nodes": int(keep.sum()), "loss": loss}]
         rounds = 0
-        while loss > settings.target_loss and rounds < settings.repair_rounds and not keep.all():
+        while loss > settings.search_target and rounds < settings.repair_rounds and not keep.all():
             gain = self.eval.removal_estimates(self.screen, keep.to(self.device)).cpu()  # -dL/dgate
             gain[keep] = -math.inf
             m = min(int((~keep).sum()), max(4, int(0.1 * keep.sum())))
@@ -341,7 +355,7 @@ class Pruner:
         The loss is not monotone in k, so plain bisection over [0, N] can land
         far too high. Scan a geometric grid up to the nodes the mask kept (tau > 0), then bisect
         inside the first bracket that crosses the target; extend up to N only if that fails."""
-        target, N = self.cfg.target_loss, self.layout.n_nodes
+        target, N = self.cfg.search_target, self.layout.n_nodes
         n_pos = int((scores > 0).sum())
         curve: dict[int, float] = {}
 

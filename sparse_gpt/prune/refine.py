@@ -91,12 +91,12 @@ def retrain_within(pruner: Pruner, run: PruneRun, keep: torch.Tensor, k_mult: fl
     n_keep = int(keep.sum())
     loss = lambda k: pruner.loss_at(scores, k)  # noqa: E731
     hi = min(n_keep, int((scores > 0).sum()))
-    if hi == 0 or loss(hi) > s.target_loss:
+    if hi == 0 or loss(hi) > s.search_target:
         return keep
     lo = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if loss(mid) <= s.target_loss:
+        if loss(mid) <= s.search_target:
             hi = mid
         else:
             lo = mid
@@ -108,10 +108,10 @@ def refine(pruner: Pruner, run: PruneRun, deadline: float = math.inf) -> PruneRu
     judged on the raw held-out loss (Pruner.judge: a node only goes when both held-out batches stay
     at target); the run itself if it did not meet the target."""
     s = run.settings
-    if run.loss > s.target_loss:
+    if run.loss > s.search_target:
         return run
     t0 = time.perf_counter()
-    target, device = s.target_loss, pruner.device
+    target, device = s.search_target, pruner.device
     stages = list(run.stages)
     keep = run.keep.to(device)
     # the first greedy pass gets 90 s whatever the deadline (it is where most of the refinement's

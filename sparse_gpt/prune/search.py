@@ -36,7 +36,7 @@ def budget_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[Prun
     t0 = time.perf_counter()
     deadline = t0 + 60.0 * cfg.budget
     search_deadline = t0 + 60.0 * cfg.budget * (1 - REFINE_SHARE if cfg.refine else 1.0)
-    N, target = pruner.layout.n_nodes, cfg.target_loss
+    N, target = pruner.layout.n_nodes, cfg.search_target
     runs: list[PruneRun] = []
 
     first = {"k_coef": cfg.k_coef, "lr": cfg.lr, "steps": cfg.steps, "k_warmup": cfg.k_warmup,
@@ -111,7 +111,7 @@ def fixed_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[Prune
                          desc=f"{pruner.task.name} run {i + 1}/{cfg.search_runs}")
         runs.append(run)
         k_coef = k_coef * 3 if run.converged else k_coef / 3
-    best = min(runs, key=lambda r: (r.loss > cfg.target_loss, r.n_nodes, r.loss))
+    best = min(runs, key=lambda r: (r.loss > cfg.search_target, r.n_nodes, r.loss))
     if cfg.refine:
         best = refine(pruner, best)
     if cfg.edge_mask:
