@@ -103,6 +103,52 @@ def unused_nodes(pruner: Pruner, keep: torch.Tensor, edges: EdgeSet, edge_keep: 
     return unused, constant
 
 
+class _Clock:
+    """Wall and CPU seconds of consecutive phases, recorded as `<phase>_seconds` and `<phase>_cpu_seconds`."""
+
+    def __init__(self, info: dict):
+        self.info, self.wall, self.cpu = info, time.perf_counter(), time.process_time()
+
+    def lap(self, phase: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.info[f"{phase}_seconds"] = round(wall - self.wall, 1)
+        self.info[f"{phase}_cpu_seconds"] = round(cpu - self.cpu, 1)
+        self.wall, self.cpu = wall, cpu
+
+
+def _trained_scores(pruner: Pruner, ev: EdgeEvaluator, n_edges: int) -> torch.Tensor:
+    """Scores of a mask over the weights trained with the nodes fixed (the pruner's mask training)."""
+    cfg = pruner.cfg
+    gen = torch.Generator().manual_seed(cfg.seed + 104_729)
+    settings = replace(cfg, lr=cfg.edge_lr, k_warmup=0.0, temperature_final=None)
+    mask = HeavisideMask(n_edges, cfg.init_bias, cfg.init_noise, cfg.temperature, generator=gen).to(pruner.device)
+    if cfg.edge_steps:
+        pruner.train_mask(mask, settings, cfg.edge_steps, cfg.edge_k_coef, gen, desc="edge mask",
+                          logits_of=ev._gated_logits)
+    return mask.scores().cpu()
+
+
+def _without_unused_nodes(pruner: Pruner, keep: torch.Tensor, edges, edge_keep: torch.Tensor, target: float):
+    """(keep, edges, edge_keep, evaluator, loss) without the nodes the kept weights leave unused, if
+    that still meets the target; each candidate set is judged exactly, with its own weights. None
+    when no node can go."""
+    unused, constant = unused_nodes(pruner, keep, edges, edge_keep, target)
+    for drop in (unused | constant, unused):
+        new_keep = keep & ~drop
+        if not drop.any() or not new_keep.any():
+            continue
+        kept_records = [e for e in edges.records(edge_keep)
+                        if all(new_keep[pruner.layout.node_index(n)] for n in (e.source, e.target))]
+        new_edges = edge_set(pruner.model, pruner.layout, new_keep)
+        new_edge_keep = new_edges.mask_of(kept_records)
+        new_ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, new_keep.to(pruner.device), new_edges,
+                               pruner.cfg.freeze_norms)
+        new_loss = float(_judge(pruner, new_ev)(new_edge_keep.float()[None])[0])
+        if new_loss <= target:
+            return new_keep, new_edges, new_edge_keep, new_ev, new_loss
+    return None
+
+
 def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=None) -> PruneRun:
     """`run` with a weight-level circuit (run.edge_keep, run.edge_stage), its nodes possibly fewer;
     every weight between the nodes is kept (and the stage says why) when the node circuit misses
@@ -133,51 +179,28 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
         return finish(keep, all_edges, run.loss, run.calibration, "no weights between the nodes")
     ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, keep.to(device), edges, cfg.freeze_norms)
     judge = _judge(pruner, ev)
+    clock = _Clock(info)
 
     # 1. train a mask over the weights, the nodes fixed
-    gen = torch.Generator().manual_seed(cfg.seed + 104_729)
-    settings = replace(cfg, lr=cfg.edge_lr, k_warmup=0.0, temperature_final=None)
-    mask = HeavisideMask(E, cfg.init_bias, cfg.init_noise, cfg.temperature, generator=gen).to(device)
-    if cfg.edge_steps:
-        pruner.train_mask(mask, settings, cfg.edge_steps, cfg.edge_k_coef, gen, desc="edge mask",
-                          logits_of=ev._gated_logits)
-    scores = mask.scores().cpu()
+    scores = _trained_scores(pruner, ev, E)
     info["trained"] = int((scores > 0).sum())
-    info["train_seconds"] = round(time.perf_counter() - t0, 1)
-    info["train_cpu_seconds"] = round(time.process_time() - c0, 1)
+    clock.lap("train")
     # 2. discretise: the fewest top-ranked weights meeting the target
     k, curve = fewest_top(scores, lambda k: float(judge(top_k_gates(scores, k)[None])[0]), target)
     edge_keep = top_k_gates(scores, k).bool()
-    info["discretised"] = k
-    info["curve"] = curve
-    info["discretise_seconds"] = round(time.perf_counter() - t0 - info["train_seconds"], 1)
-    info["discretise_cpu_seconds"] = round(time.process_time() - c0 - info["train_cpu_seconds"], 1)
+    info.update(discretised=k, curve=curve)
+    clock.lap("discretise")
     # 3. greedy removal of weights, exact on held-out pairs
     edge_keep = greedy_remove(ev, pruner.screen, judge, edge_keep.to(device), target, rounds=2, max_exact=32,
                               deadline=min(deadline, time.perf_counter() + cfg.edge_seconds)).cpu()
     info["greedy"] = int(edge_keep.sum())
     loss = float(judge(edge_keep.float()[None])[0])
-    info["greedy_seconds"] = round(time.perf_counter() - t0 - info["train_seconds"] - info["discretise_seconds"], 1)
-    info["greedy_cpu_seconds"] = round(time.process_time() - c0 - info["train_cpu_seconds"]
-                                       - info["discretise_cpu_seconds"], 1)
-    # 4. nodes left without a use: each candidate set judged exactly, with its own weights
-    unused, constant = unused_nodes(pruner, keep, edges, edge_keep, target)
-    info["nodes_dropped"] = 0
-    for drop in (unused | constant, unused):
-        new_keep = keep & ~drop
-        if not drop.any() or not new_keep.any():
-            continue
-        kept_records = [e for e in edges.records(edge_keep)
-                        if all(new_keep[pruner.layout.node_index(n)] for n in (e.source, e.target))]
-        new_edges = edge_set(pruner.model, pruner.layout, new_keep)
-        new_edge_keep = new_edges.mask_of(kept_records)
-        new_ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, new_keep.to(device), new_edges,
-                               cfg.freeze_norms)
-        new_loss = float(_judge(pruner, new_ev)(new_edge_keep.float()[None])[0])
-        if new_loss <= target:
-            info["nodes_dropped"] = int(drop.sum())
-            keep, edges, edge_keep, ev, loss = new_keep, new_edges, new_edge_keep, new_ev, new_loss
-            break
+    clock.lap("greedy")
+    # 4. nodes left without a use
+    dropped = _without_unused_nodes(pruner, keep, edges, edge_keep, target)
+    info["nodes_dropped"] = 0 if dropped is None else int(keep.sum() - dropped[0].sum())
+    if dropped is not None:
+        keep, edges, edge_keep, ev, loss = dropped
     info["node_level_edges_after_drop"] = len(edges)
     if loss > target:  # cannot happen when every step above was judged, but never trust it
         return finish(run.keep.cpu(), all_edges, run.loss, run.calibration,

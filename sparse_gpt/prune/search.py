@@ -17,7 +17,7 @@ import time
 from dataclasses import replace
 
 from .edges import prune_edges
-from .pruner import Pruner, PruneRun
+from .pruner import PruneConfig, Pruner, PruneRun
 from .refine import refine
 
 # share of the budget the refinement of the best run keeps for itself
@@ -26,6 +26,34 @@ REFINE_SHARE = 0.35
 
 class _OutOfTime(Exception):
     pass
+
+
+def _first_trial(cfg: PruneConfig) -> dict:
+    """The configured settings, as the search's first trial."""
+    return {"k_coef": cfg.k_coef, "lr": cfg.lr, "steps": cfg.steps, "k_warmup": cfg.k_warmup,
+            "temperature": cfg.temperature, "temperature_final": cfg.temperature_final or cfg.temperature,
+            "init_bias": cfg.init_bias, "seed": cfg.seed}
+
+
+def _trial_settings(trial, cfg: PruneConfig) -> PruneConfig:
+    """The settings a trial samples: each range widened to hold the configured value (trial 1 runs
+    exactly that)."""
+    first = _first_trial(cfg)
+
+    def span(name: str, lo, hi):
+        v = first[name]
+        return (min(lo, v), max(hi, v)) if (v > 0 or lo == 0) else (lo, hi)
+
+    return replace(
+        cfg,
+        k_coef=trial.suggest_float("k_coef", *span("k_coef", 3e-4, 3e-2), log=True),
+        lr=trial.suggest_float("lr", *span("lr", 1e-3, 3e-2), log=True),
+        steps=trial.suggest_int("steps", *span("steps", 100, 600), log=True),
+        k_warmup=trial.suggest_float("k_warmup", *span("k_warmup", 0.0, 0.5)),
+        temperature=trial.suggest_float("temperature", *span("temperature", 0.3, 3.0), log=True),
+        temperature_final=trial.suggest_float("temperature_final", *span("temperature_final", 0.1, 3.0), log=True),
+        init_bias=trial.suggest_float("init_bias", *span("init_bias", 0.02, 0.5), log=True),
+        seed=trial.suggest_int("seed", cfg.seed, cfg.seed + 1000))
 
 
 def budget_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[PruneRun, list[PruneRun]]:
@@ -39,30 +67,10 @@ def budget_search(pruner: Pruner, progress: bool = True, log=None) -> tuple[Prun
     N, target = pruner.layout.n_nodes, cfg.search_target
     runs: list[PruneRun] = []
 
-    first = {"k_coef": cfg.k_coef, "lr": cfg.lr, "steps": cfg.steps, "k_warmup": cfg.k_warmup,
-             "temperature": cfg.temperature, "temperature_final": cfg.temperature_final or cfg.temperature,
-             "init_bias": cfg.init_bias, "seed": cfg.seed}
-
-    def span(name: str, lo, hi):
-        """The search range, widened to hold the configured value (trial 1 runs exactly that)."""
-        v = first[name]
-        return (min(lo, v), max(hi, v)) if (v > 0 or lo == 0) else (lo, hi)
-
-    def settings_of(trial):
-        return replace(
-            cfg,
-            k_coef=trial.suggest_float("k_coef", *span("k_coef", 3e-4, 3e-2), log=True),
-            lr=trial.suggest_float("lr", *span("lr", 1e-3, 3e-2), log=True),
-            steps=trial.suggest_int("steps", *span("steps", 100, 600), log=True),
-            k_warmup=trial.suggest_float("k_warmup", *span("k_warmup", 0.0, 0.5)),
-            temperature=trial.suggest_float("temperature", *span("temperature", 0.3, 3.0), log=True),
-            temperature_final=trial.suggest_float("temperature_final", *span("temperature_final", 0.1, 3.0),
-                                                  log=True),
-            init_bias=trial.suggest_float("init_bias", *span("init_bias", 0.02, 0.5), log=True),
-            seed=trial.suggest_int("seed", cfg.seed, cfg.seed + 1000))
+    first = _first_trial(cfg)
 
     def objective(trial):
-        settings = settings_of(trial)
+        settings = _trial_settings(trial, cfg)
 
         def report(step, task_loss, active):
             if time.perf_counter() > search_deadline and runs:
