@@ -12,12 +12,11 @@ final residual's RMS relative to the full model's (the final norm can amplify a 
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
 
 import torch
 
 from ..nodes import EdgeSet, NodeLayout
-from ..prune.masks import edge_gated, gated, record_norm_scales
+from ..prune.masks import gated, record_norm_scales
 from ..prune.objective import IDENTITY, Calibration, Evaluator, Score
 from ..tasks.base import (BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff,
                           two_way_accuracy, two_way_loss)
@@ -52,10 +51,7 @@ def final_resid_rms_ratio(model, layout, batch, gates, means, freeze_norms: bool
         model(x)
     full = cache["final_resid"][rows, batch.positions]
     scales = record_norm_scales(model, x) if freeze_norms else None
-    with gated(model, layout, gates, means, scales), ExitStack() as stack:
-        if edges is not None and len(edges):
-            stack.enter_context(edge_gated(model, layout, edges, edge_gates, means))
-        cache = stack.enter_context(model.hooks(record=["final_resid"]))
+    with gated(model, layout, gates, means, scales, edges, edge_gates), model.hooks(record=["final_resid"]) as cache:
         model(x)
     pruned = cache["final_resid"][rows, batch.positions]
     return (pruned.pow(2).mean().sqrt() / full.pow(2).mean().sqrt()).item()

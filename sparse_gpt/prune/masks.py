@@ -146,10 +146,11 @@ def _mix(x: torch.Tensor, gate: torch.Tensor, mean: torch.Tensor) -> torch.Tenso
 
 @contextmanager
 def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
-          norm_scales: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+          norm_scales: dict[str, torch.Tensor] | None = None, edges: EdgeSet | None = None,
+          edge_gates: torch.Tensor | None = None) -> Iterator[None]:
     """Run `model` with node gates (N,) applied at every node location; pruned nodes take `means`.
     Gates of shape (B, 1, N) give every row of the batch its own node set (many candidate circuits
-    in one forward).
+    in one forward). With `edges`, the edge gates over them apply too (see `edge_gated`).
 
     norm_scales (from record_norm_scales) freezes every RMSNorm's 1/rms at the unpruned model's
     values, so the final norm cannot amplify a shrunken residual."""
@@ -159,6 +160,8 @@ def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
         stack.enter_context(model.hooks(replace=replace))
         if norm_scales is not None:
             stack.enter_context(frozen_norms(model, norm_scales))
+        if edges is not None and len(edges):
+            stack.enter_context(edge_gated(model, layout, edges, edge_gates, means))
         yield
 
 
@@ -182,7 +185,8 @@ def real_key_mass(q: torch.Tensor, k: torch.Tensor, n_head: int, sink_logit: tor
 def edge_gated(model, layout: NodeLayout, edges: EdgeSet, edge_gates: torch.Tensor,
                ablate_to: torch.Tensor) -> Iterator[None]:
     """Run `model` with edge gates (E,) (or (B, 1, E): one edge set per row of the batch) applied to
-    the weights of `edges`; enter it inside `gated` (its hooks must see the gated activations).
+    the weights of `edges`; `gated(..., edges=, edge_gates=)` enters it after the node gates, whose
+    hooks it must see.
 
     A pruned weight w from source s to target d passes on w * a_s instead of w * x_s, where a_s is
     what s carries when ablated (`ablate_to`, see sparse_gpt.nodes.ablation_values): the target's

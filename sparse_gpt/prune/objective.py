@@ -7,7 +7,6 @@ module runs the model under node gates to get it, evaluates fixed batches withou
 from __future__ import annotations
 
 import math
-from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 
 import torch
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from ..nodes import EdgeSet, NodeLayout
 from ..tasks.base import (TaskBatch, length_chunks, oriented_logit_diff, scored_logits, two_way_accuracy,
                           two_way_loss)
-from .masks import edge_gated, gated, record_norm_scales
+from .masks import gated, record_norm_scales
 
 
 @dataclass(frozen=True)
@@ -94,9 +93,7 @@ def gated_answer_logits(model, layout: NodeLayout, batch: TaskBatch, gates: torc
     """answer_logits of a trimmed batch with node gates (and, with `edges`, edge gates) applied;
     differentiable in both."""
     scales = record_norm_scales(model, batch.tokens) if freeze_norms else None
-    with gated(model, layout, gates, ablate_to, scales), ExitStack() as stack:
-        if edges is not None and len(edges):
-            stack.enter_context(edge_gated(model, layout, edges, edge_gates, ablate_to))
+    with gated(model, layout, gates, ablate_to, scales, edges, edge_gates):
         return answer_logits(model, batch, frozen_norms=freeze_norms)
 
 
