@@ -20,9 +20,8 @@ from dataclasses import replace
 import torch
 
 from ..nodes import EdgeSet, edge_set
-from ..tasks.base import oriented_logit_diff
 from .masks import HeavisideMask
-from .objective import Calibration, EdgeEvaluator, Evaluator, held_out_calibration
+from .objective import EdgeEvaluator, Evaluator
 from .pruner import Pruner, PruneRun, top_k_gates
 from .refine import greedy_remove
 
@@ -31,14 +30,6 @@ from .refine import greedy_remove
 _USED_THROUGH_OUT = ("resid_read", "attn_v", "mlp_neuron")
 # kinds computed from incoming weights: with none kept, the node is a constant (not its mean)
 _FED_THROUGH_IN = ("attn_q", "attn_k", "attn_v", "mlp_neuron", "resid_write")
-
-
-def _judge(pruner: Pruner, ev: Evaluator):
-    """(C, ...) gate sets -> (C,) raw loss, the worse of the held-out and calibration batches."""
-    def judge(sets: torch.Tensor) -> torch.Tensor:
-        sets = sets.to(pruner.device)
-        return torch.stack([ev.losses_many(b, sets) for b in (pruner.heldout, pruner.calib)]).amax(0).cpu()
-    return judge
 
 
 def fewest_top(scores: torch.Tensor, loss_of, target: float) -> tuple[int, list[tuple[int, float]]]:
@@ -66,15 +57,6 @@ def fewest_top(scores: torch.Tensor, loss_of, target: float) -> tuple[int, list[
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if meets(mid) else (mid, hi)
     return hi, sorted(curve.items())
-
-
-def calibration_with(pruner: Pruner, ev: Evaluator, gates: torch.Tensor) -> Calibration:
-    """Pruner.calibration_of for any evaluator's gates: fitted on the calibration batch, kept only
-    if it does not raise the held-out batch's loss."""
-    gates = gates.float().to(pruner.device)
-    fit = oriented_logit_diff(ev.logits(pruner.calib, gates), pruner.calib)
-    judge = oriented_logit_diff(ev.logits(pruner.heldout, gates), pruner.heldout)
-    return held_out_calibration(tuple(t.cpu() for t in fit), tuple(t.cpu() for t in judge))
 
 
 def unused_nodes(pruner: Pruner, keep: torch.Tensor, edges: EdgeSet, edge_keep: torch.Tensor,
@@ -143,7 +125,7 @@ def _without_unused_nodes(pruner: Pruner, keep: torch.Tensor, edges, edge_keep: 
         new_edge_keep = new_edges.mask_of(kept_records)
         new_ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, new_keep.to(pruner.device), new_edges,
                                pruner.cfg.freeze_norms)
-        new_loss = float(_judge(pruner, new_ev)(new_edge_keep.float()[None])[0])
+        new_loss = float(pruner.judge(new_edge_keep.float()[None], new_ev)[0])
         if new_loss <= target:
             return new_keep, new_edges, new_edge_keep, new_ev, new_loss
     return None
@@ -178,7 +160,7 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
     if E == 0:
         return finish(keep, all_edges, run.loss, run.calibration, "no weights between the nodes")
     ev = EdgeEvaluator(pruner.model, pruner.layout, pruner.ablate_to, keep.to(device), edges, cfg.freeze_norms)
-    judge = _judge(pruner, ev)
+    judge = lambda sets: pruner.judge(sets, ev)  # noqa: E731
     clock = _Clock(info)
 
     # 1. train a mask over the weights, the nodes fixed
@@ -208,4 +190,4 @@ def prune_edges(pruner: Pruner, run: PruneRun, deadline: float = math.inf, log=N
     scores = run.scores
     if not torch.equal(keep, run.keep.cpu()):
         scores = torch.where(keep, run.scores - run.scores.min() + 1.0, run.scores - run.scores.max() - 1.0)
-    return finish(keep, edge_keep, loss, calibration_with(pruner, ev, edge_keep), "ok", scores)
+    return finish(keep, edge_keep, loss, pruner.calibration_of(edge_keep, ev), "ok", scores)

@@ -331,22 +331,23 @@ class Pruner:
 
     # -- discretisation --
 
-    def judge(self, gate_sets: torch.Tensor) -> torch.Tensor:
+    def judge(self, gate_sets: torch.Tensor, ev: Evaluator | None = None) -> torch.Tensor:
         """(C,) the raw loss of each node set (C, N) on the held-out pairs: the worse of the
         held-out and the calibration batches, so that a size chosen right at the target on one
-        batch is not an accident of that batch."""
-        sets = gate_sets.to(self.device)
-        return torch.stack([self.eval.losses_many(b, sets) for b in (self.heldout, self.calib)]).amax(0).cpu()
+        batch is not an accident of that batch. `ev` (default: the node evaluator) may judge other
+        gate vectors, e.g. edge masks."""
+        ev, sets = ev or self.eval, gate_sets.to(self.device)
+        return torch.stack([ev.losses_many(b, sets) for b in (self.heldout, self.calib)]).amax(0).cpu()
 
     def loss_at(self, scores: torch.Tensor, k: int) -> float:
         return float(self.judge(top_k_gates(scores, k)[None]))
 
-    def calibration_of(self, keep: torch.Tensor) -> Calibration:
+    def calibration_of(self, keep: torch.Tensor, ev: Evaluator | None = None) -> Calibration:
         """Scale and bias fitted on the calibration batch, kept only if they do not raise the
-        held-out batch's loss."""
-        gates = keep.float().to(self.device)
-        fit = oriented_logit_diff(self.eval.logits(self.calib, gates), self.calib)
-        judge = oriented_logit_diff(self.eval.logits(self.heldout, gates), self.heldout)
+        held-out batch's loss (`ev`, default the node evaluator, runs the gates `keep`)."""
+        ev, gates = ev or self.eval, keep.float().to(self.device)
+        fit = oriented_logit_diff(ev.logits(self.calib, gates), self.calib)
+        judge = oriented_logit_diff(ev.logits(self.heldout, gates), self.heldout)
         return held_out_calibration(tuple(t.cpu() for t in fit), tuple(t.cpu() for t in judge))
 
     def discretise(self, scores: torch.Tensor, settings: PruneConfig, seconds: float, history: list) -> PruneRun:
