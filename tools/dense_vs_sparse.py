@@ -23,16 +23,10 @@ def final_val_loss(run: Path) -> float:
 
 
 def val_losses(run: Path) -> dict[int, float]:
-    """step -> validation loss, from metrics.jsonl (torn or foreign lines skipped)."""
-    out = {}
-    for line in (run / "metrics.jsonl").read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("val_loss") is not None and "step" in r:
-            out[int(r["step"])] = float(r["val_loss"])
-    return out
+    """step -> validation loss, from metrics.jsonl (read as the trainer reads it)."""
+    from sparse_gpt.trainer_metrics import read_metrics
+    return {int(r["step"]): float(r["val_loss"]) for r in read_metrics(run / "metrics.jsonl")
+            if r.get("val_loss") is not None and "step" in r}
 
 
 def matched_checkpoint(sparse: Path, dense: Path) -> tuple[Path, int, float, float]:
