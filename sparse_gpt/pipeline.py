@@ -20,23 +20,28 @@ from .explain import NodeContexts, node_contexts
 from .loading import LoadedModel, load_any
 from .nodes import NodeLayout, circuit_edges, edge_set, load_or_compute_means
 from .prune import PruneConfig, Pruner, PruneRun
-from .render import render_html, render_static
+from .render import MAX_NODES, render_html, render_labelled, render_static
 from .tasks import get_task
 
 CONTROL_TASK = "nonsense_quote"
 
 
 def write_viewer(loaded: LoadedModel, circuit: Circuit, means: torch.Tensor, contexts: NodeContexts,
-                 path: Path, progress: bool = True) -> Path:
-    """circuit.html for `circuit`, with node panels computed on the model it was extracted from."""
+                 path: Path, progress: bool = True) -> list[Path]:
+    """circuit.html for `circuit`, with node panels computed on the model it was extracted from, and
+    for a circuit of at most MAX_NODES nodes the labelled diagram (PATH's stem + _labelled .png/.svg)
+    drawn from the same numbers; returns the paths written."""
     details = node_details(loaded.model, loaded.tokenizer, circuit, get_task(circuit.task), means,
                            progress=progress)
-    return render_html(circuit, details, path, contexts)
+    written = [render_html(circuit, details, path, contexts)]
+    if len(circuit.nodes) <= MAX_NODES:
+        written += render_labelled(circuit, details, contexts, path.with_name(f"{path.stem}_labelled"))
+    return written
 
 
 def rerender(circuit_path: str | Path, checkpoint: str | Path, prefix: Path, device: str,
-             progress: bool = True, log=print) -> Path:
-    """Redraw the viewer of a saved circuit from its checkpoint (which must have the same weights)."""
+             progress: bool = True, log=print) -> list[Path]:
+    """Redraw the viewer (and the labelled diagram of a small circuit) of a saved circuit from its checkpoint (which must have the same weights)."""
     loaded = load_any(checkpoint, device)
     circuit = load_circuit(circuit_path, fingerprint=loaded.fingerprint)  # refuse other weights
     layout = NodeLayout(loaded.model.config)

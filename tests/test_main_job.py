@@ -33,6 +33,8 @@ def test_main_job_shortened(tmp_path):
     page = (circuit_dir / "circuit.html").read_text()
     assert page.count('<circle class="node"') == circuit["metrics"]["nodes"] and "Top-activating" in page
     assert (circuit_dir / "circuit.png").exists() and (circuit_dir / "circuit.svg").exists()
+    # the labelled diagram is drawn exactly when the circuit is small enough to read
+    assert (circuit_dir / "circuit_labelled.png").exists() == (circuit["metrics"]["nodes"] <= 40)
     # re-rendering finds the checkpoint through circuit.json and reuses the cached explanations
     (circuit_dir / "circuit.html").unlink()
     proc = subprocess.run([sys.executable, "-m", "sparse_gpt.render", str(circuit_dir / "circuit.json"),

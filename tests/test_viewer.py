@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from planted import PlantedQuoteTask, circuit_of, pretraining_windows
 from sparse_gpt.circuit import node_details
 from sparse_gpt.explain import ExplainSettings, NodeContexts, compute_node_contexts
-from sparse_gpt.render import render_html
+from sparse_gpt.render import MAX_NODES, readable_layout, render_html, render_labelled
+from sparse_gpt.render.labelled import node_text
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -20,12 +22,20 @@ SETTINGS = ExplainSettings(k=8, n_contexts=4, before=6, after=2)
 
 
 @pytest.fixture(scope="module")
-def page(planted, tmp_path_factory):
+def evidence(planted):
+    """The planted circuit with its node details and contexts: what the viewer and the labelled
+    diagram are drawn from."""
     model, tok, task, layout, means, pruner, run = planted
     circuit = circuit_of(model, layout, run)
     contexts = NodeContexts(compute_node_contexts(model, layout, pretraining_windows(n=16), SETTINGS),
                             layout, tok, SETTINGS)
     details = node_details(model, tok, circuit, PlantedQuoteTask(), means, progress=False)
+    return circuit, details, contexts
+
+
+@pytest.fixture(scope="module")
+def page(evidence, tmp_path_factory):
+    circuit, details, contexts = evidence
     path = render_html(circuit, details, tmp_path_factory.mktemp("viewer") / "circuit.html", contexts)
     return circuit, details, path
 
@@ -45,6 +55,33 @@ def test_node_details_show_the_planted_mechanism(page):
     assert out.ablated_alone > base["full"] + 0.3 and out.circuit_without > base["circuit"] + 0.3
     detector = page_data(path)["details"]["nodes"]["0.mlp.post_act[0]"]["explanation"]
     assert detector["top"][0]["tokens"][detector["top"][0]["focus"]] == '"'
+
+
+def test_labelled_diagram_follows_the_flow_and_labels_every_node(evidence, tmp_path):
+    circuit, details, contexts = evidence
+    lay = readable_layout(circuit)
+    y = {name: pos[1] for name, pos in lay.positions.items()}
+    # input at the bottom, then the mechanism in order: quote detectors, the head, its write, the answer
+    assert y["input"] < y["0.mlp.act_in[8]"] < y["0.mlp.post_act[0]"] < y["0.mlp.resid_delta[1]"]
+    assert y["0.mlp.resid_delta[1]"] < y["1.attn.act_in[1]"] < y["1.attn.v[0]"] < y["1.attn.resid_delta[4]"]
+    assert y["1.attn.resid_delta[4]"] < y["answer"]
+    # the residual stream links each read to the write of its channel, and the final write to the answer
+    assert ("0.mlp.resid_delta[1]", "1.attn.act_in[1]", 1) in lay.residual
+    assert ("input", "0.mlp.act_in[8]", 8) in lay.residual
+    assert ("1.attn.resid_delta[4]", "answer", 4) in lay.residual
+    # a box says what the node responds to: the `"` detector fires on `"` in text; the head's write
+    # carries the quote type to the answer position (+ for X, - for Y)
+    box = node_text("0.mlp.post_act[0]", details, contexts)
+    assert box.splitlines()[0] == "0.mlp.post_act[0]" and "fires on '\"'" in box and "loss without it" in box
+    assert re.search(r"\u00abX\u00bb \+[1-9]\.\d\d  \u00abY\u00bb -[1-9]", node_text("1.attn.resid_delta[4]", details, contexts))
+    paths = render_labelled(circuit, details, contexts, tmp_path / "circuit_labelled")
+    assert [p.suffix for p in paths] == [".png", ".svg"]
+    svg = paths[1].read_text()
+    assert all(n.name in svg for n in circuit.nodes)
+    assert all(f"{e.weight:+.2g}" in svg for e in circuit.edges)  # every weight is written on its edge
+    big = replace(circuit, nodes=circuit.nodes * (MAX_NODES // len(circuit.nodes) + 1))
+    with pytest.raises(ValueError, match="legible up to 40"):
+        render_labelled(big, details, contexts, tmp_path / "big")
 
 
 def test_the_page_is_self_contained(page):

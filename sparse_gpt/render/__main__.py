@@ -2,7 +2,9 @@
 
 Writes circuit.png and circuit.svg, and circuit.html, whose node panels need the model the circuit
 was extracted from: by default the checkpoint named in circuit.json (--checkpoint to point at a
-moved one; it must have the same weights). --static-only skips the HTML and needs no checkpoint.
+moved one; it must have the same weights). A circuit of at most 40 nodes also gets
+circuit_labelled.png/.svg, drawn from the same model evidence. --static-only skips the HTML and the
+labelled diagram and needs no checkpoint.
 """
 import argparse
 import sys
@@ -38,8 +40,9 @@ def main(argv=None) -> int:
             raise CheckpointError("circuit.json does not record its checkpoint")
         from sparse_gpt.config import resolve_device
         from sparse_gpt.pipeline import rerender
-        print(rerender(args.circuit, checkpoint, prefix, resolve_device(args.device), not args.no_progress,
-                       log=lambda m: print(m, file=sys.stderr)))
+        for path in rerender(args.circuit, checkpoint, prefix, resolve_device(args.device), not args.no_progress,
+                             log=lambda m: print(m, file=sys.stderr)):
+            print(path)
     except (CheckpointError, CircuitError, KeyError, ValueError) as e:
         print(f"error: circuit.html not written: {e.args[0] if isinstance(e, KeyError) else e} "
               "(pass --checkpoint DIR, or --static-only for the PNG and SVG alone)", file=sys.stderr)
