@@ -65,7 +65,9 @@ def run_module(module: str, args: list[str], env: dict[str, str]) -> subprocess.
 
 # ----- a hand-made circuit.json, re-signed after each edit as someone crafting it would --------
 
-def _circuit_json(node_fields: dict):
+def _circuit_json(node_fields: dict, fields: dict | None = None):
+    """A hand-made circuit.json with its first node's `node_fields` and the top-level `fields`
+    changed, re-signed so that the checksum passes."""
     def setup(tmp: Path) -> None:
         circuit = Circuit(Provenance("single_double_quote", PruneConfig()), {"n_layer": 2, "d_model": 32},
                           [CircuitNode("0.mlp.post_act[3]", "0.mlp.post_act", 0, "mlp_neuron", 3, 0.5),
@@ -74,6 +76,7 @@ def _circuit_json(node_fields: dict):
                                        "transformer.h.0.mlp.c_fc.weight")], Calibration(1.0, 0.0))
         d = circuit.to_dict()
         d["nodes"][0] |= node_fields
+        d |= fields or {}
         d["checksum"] = checksum(d)
         (tmp / "circuit.json").write_text(json.dumps(d))
     return setup
@@ -198,6 +201,11 @@ CASES = [
      _circuit_json({"index": 7})),
     ("circuit node layer disagrees with its location", EXPORT,
      "location '0.mlp.post_act' does not agree with layer 1", _circuit_json({"layer": 1})),
+    ("circuit node_level_edges negative", EXPORT, "field 'node_level_edges' should be a whole number >= 0, got -3",
+     _circuit_json({}, {"node_level_edges": -3})),
+    ("circuit edge to a node it does not have", EXPORT, "does not join two of the circuit's nodes",
+     _circuit_json({}, {"edges": [{"source": "1.attn.v[2]", "target": "0.mlp.post_act[9]", "weight": 0.5,
+                                   "matrix": "transformer.h.0.mlp.c_fc.weight"}]})),
 ]
 
 
