@@ -49,7 +49,11 @@ def parse_args(argv=None):
     p.add_argument("--freeze-norms", action="store_true",
                    help="freeze every RMSNorm's scale at the unpruned model's (larger, more faithful circuits)")
     p.add_argument("--natural-frac", type=float, default=d.natural_frac,
-                   help="share of each pruning batch taken from natural examples mined from held-out code")
+                   help="share of each pruning batch taken from natural examples (string openings and the "
+                        "like mined from the training split's code; validation mines its own from held-out code)")
+    p.add_argument("--natural-judge", action="store_true",
+                   help="every node set the search keeps must also meet the target on natural examples "
+                        "(mined from training code), not only on templated prompts")
     p.add_argument("--steps", type=whole_number(1), default=d.steps, help="mask optimisation steps per run")
     p.add_argument("--k-coef", type=float, default=d.k_coef, help="starting weight of the node-count penalty")
     p.add_argument("--lr", type=float, default=d.lr, help="mask learning rate")
@@ -112,7 +116,7 @@ def print_table(rows: list[tuple[str, Metrics | Score]]) -> None:
 def prune_config(args) -> PruneConfig:
     return PruneConfig(target_loss=args.target_loss, search_margin=args.search_margin, ablation=args.ablation, mask=args.mask,
                        target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
-                       natural_frac=args.natural_frac, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
+                       natural_frac=args.natural_frac, natural_judge=args.natural_judge, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
                        search_runs=args.search_runs or PruneConfig.search_runs, max_trials=args.search_runs or 0,
                        seed=args.seed, budget=args.budget,
                        refine=not args.no_refine, edge_mask=not args.no_edge_mask,

@@ -412,13 +412,19 @@ def unigram_loss(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
     return float(-(val_counts * log_p).sum() / len(val))
 
 
-# ----- held-out text for statistics over pretraining data (node means, activation contexts) ---------
+# ----- documents as text: statistics over pretraining data, natural task examples -------------------
 
 def validation_texts(data_cfg: DataConfig, max_bytes: int) -> list[str]:
     """Held-out documents of the pretraining corpus, in sorted order, up to about max_bytes."""
+    return corpus_texts(data_cfg, "val", max_bytes)
+
+
+def corpus_texts(data_cfg: DataConfig, split: str, max_bytes: int) -> list[str]:
+    """Documents of one split ('train' or 'val') of the pretraining corpus, in sorted order, up to
+    about max_bytes."""
     corpus = collect_corpus(data_cfg)
     texts, size = [], 0
-    for doc in corpus.split("val"):
+    for doc in corpus.split(split):
         texts.append(corpus.read(doc))
         size += len(texts[-1])
         if size >= max_bytes:

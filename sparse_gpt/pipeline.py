@@ -15,7 +15,7 @@ import torch
 
 from . import __version__
 from .circuit import Circuit, Control, Provenance, evaluate_circuit, load_circuit, node_details
-from .data import validation_texts
+from .data import corpus_texts, validation_texts
 from .explain import NodeContexts, node_contexts
 from .loading import LoadedModel, load_any
 from .nodes import NodeLayout, circuit_edges, edge_set, load_or_compute_means
@@ -24,6 +24,7 @@ from .render import MAX_NODES, render_html, render_labelled, render_static
 from .tasks import get_task
 
 CONTROL_TASK = "nonsense_quote"
+NATURAL_BYTES = 3_000_000  # of each split's text to mine natural examples from
 
 
 def write_viewer(loaded: LoadedModel, circuit: Circuit, means: torch.Tensor, contexts: NodeContexts,
@@ -59,7 +60,10 @@ class CircuitPipeline:
         self.layout = NodeLayout(loaded.model.config)
         self.means = load_or_compute_means(loaded.model, self.layout, loaded.tokenizer, loaded.path,
                                            loaded.fingerprint, loaded.data, log=log).to(device)
-        self.natural_texts = validation_texts(loaded.data, max_bytes=3_000_000)
+        # validation judges natural examples from held-out text; the pruner mines its own (for
+        # --natural-frac and --natural-judge) from training text, so the two sets never share an example
+        self.natural_texts = validation_texts(loaded.data, max_bytes=NATURAL_BYTES)
+        self._prune_texts: list[str] | None = None
         self._control: Control | None = None
         self._contexts: NodeContexts | None = None
 
@@ -70,8 +74,11 @@ class CircuitPipeline:
         return self._contexts
 
     def pruner(self, task_name: str, require_full: bool = True, cfg: PruneConfig | None = None) -> Pruner:
+        cfg = cfg or self.cfg
+        if (cfg.natural_frac > 0 or cfg.natural_judge) and self._prune_texts is None:
+            self._prune_texts = corpus_texts(self.loaded.data, "train", max_bytes=NATURAL_BYTES)
         return Pruner(self.loaded.model, self.layout, self.means, get_task(task_name), self.loaded.tokenizer,
-                      cfg or self.cfg, natural_texts=self.natural_texts, device=self.device, require_full=require_full)
+                      cfg, natural_texts=self._prune_texts, device=self.device, require_full=require_full)
 
     def variants(self, task_name: str, progress: bool = True) -> dict:
         """The same search under the other rules a circuit's size depends on, reported beside the
@@ -95,7 +102,8 @@ class CircuitPipeline:
             # one run of the configured settings, discretised like the task's own runs (no search and
             # no repair: they would spend the main job's budget on a circuit that should not exist)
             pruner = self.pruner(CONTROL_TASK, require_full=False,
-                                 cfg=replace(self.cfg, retrain_rounds=0, repair_rounds=0))
+                                 cfg=replace(self.cfg, retrain_rounds=0, repair_rounds=0, natural_frac=0.0,
+                                             natural_judge=False))
             best = pruner.run(progress=progress, desc=CONTROL_TASK)
             self._control = Control(task=CONTROL_TASK, nodes=best.n_nodes, loss=best.loss,
                                     calibrated_loss=best.calibration.loss, full_loss=pruner.full_loss,

@@ -14,7 +14,7 @@ import torch
 from sparse_gpt import data as data_mod
 from sparse_gpt.config import DataConfig
 from sparse_gpt.corpus import DataError, collect_corpus
-from sparse_gpt.data import get_batch, prepare_data, random_offsets, unigram_loss
+from sparse_gpt.data import corpus_texts, get_batch, prepare_data, random_offsets, unigram_loss, validation_texts
 from sparse_gpt.tokenizer import EOT, decode
 
 
@@ -281,3 +281,15 @@ def test_concurrent_builders_of_one_cache_build_it_once(stdlib_files, tmp_path):
     assert sum("trained tokenizer" in log for log in logs) == 1, logs
     assert sum("reusing cache" in log for log in logs) == 1, logs
     assert len({log.strip().splitlines()[-1] for log in logs}) == 1  # the same token count
+
+
+def test_the_pruner_and_the_validation_mine_natural_examples_from_different_documents(stdlib_files, tmp_path):
+    """Natural task examples: the pruner mines its own from the training split, validation from the
+    held-out split, so a circuit is never judged on an example its search saw."""
+    cfg = make_cfg(stdlib_files, tmp_path)
+    corpus = collect_corpus(cfg)
+    names = {split: {d.name for d in corpus.split(split)} for split in ("train", "val")}
+    assert names["train"] and names["val"] and not names["train"] & names["val"]
+    for split, texts in (("train", corpus_texts(cfg, "train", 10**9)), ("val", validation_texts(cfg, 10**9))):
+        assert texts == [corpus.read(d) for d in corpus.split(split)]
+    assert validation_texts(cfg, 1) == [corpus.read(corpus.split("val")[0])]  # stops once max_bytes is reached

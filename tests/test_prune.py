@@ -13,7 +13,7 @@ from sparse_gpt.nodes import NodeLayout, ablation_values, circuit_edges, compute
 from sparse_gpt.prune.masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
 from sparse_gpt.prune.objective import calibrate
 from sparse_gpt.prune.pruner import PruneConfig, Pruner, TargetUnreachableError
-from sparse_gpt.tasks.base import (TaskBatch, encode_pairs, oriented_logit_diff, task_accuracy, task_loss,
+from sparse_gpt.tasks.base import (Example, TaskBatch, encode_pairs, oriented_logit_diff, task_accuracy, task_loss,
                                    two_way_accuracy, two_way_loss)
 
 def test_pruner_finds_exactly_the_planted_circuit(planted):
@@ -77,6 +77,42 @@ def test_target_the_full_model_cannot_reach_is_refused():
     means = compute_node_means(model, layout, pretraining_windows())
     with pytest.raises(TargetUnreachableError, match="full model's loss"):
         Pruner(model, layout, means, task, tok, PruneConfig(**(SETTINGS | {"target_loss": 0.001})))
+
+
+class PlantedWithNatural(PlantedQuoteTask):
+    """The planted task with 'natural' examples read off the texts it is given: each text is a prompt
+    whose answer follows its opening quote, unless the text says otherwise after a '|'."""
+
+    def natural_examples(self, texts, n, seed, tokenizer=None):
+        out = []
+        for text in texts[:n]:
+            prompt, _, answer = text.partition("|")
+            right = answer or (" X" if prompt.lstrip().startswith('"') else " Y")
+            out.append(Example(prompt.strip(), right, " Y" if right == " X" else " X"))
+        return out
+
+
+def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
+    model, tok = planted_model(), planted_tokenizer()
+    layout = NodeLayout(model.config)
+    means = compute_node_means(model, layout, pretraining_windows())
+    texts = ['" a b =', "' c =", '" f e =', "a ' b b b ="] * 8
+    cfg = PruneConfig(**(SETTINGS | {"natural_judge": True}))
+    pruner = Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=texts)
+    assert len(pruner.natural_heldout) == len(texts)
+    g = torch.Generator().manual_seed(0)
+    sets = torch.stack([torch.ones(layout.n_nodes), (torch.rand(layout.n_nodes, generator=g) > 0.3).float(),
+                        torch.zeros(layout.n_nodes)])
+    each = torch.stack([pruner.eval.losses_many(b, sets) for b in (pruner.heldout, pruner.calib,
+                                                                   pruner.natural_heldout)])
+    torch.testing.assert_close(pruner.judge(sets), each.amax(0))
+    # natural examples the full model gets wrong: no circuit can meet the target on them
+    wrong = ['" a b =| Y', "' c =| X"] * 8
+    with pytest.raises(TargetUnreachableError, match="natural planted_quote examples"):
+        Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=wrong)
+    # a task that mines no natural examples is judged on its templated prompts alone
+    plain = Pruner(model, layout, means, PlantedQuoteTask(), tok, cfg, natural_texts=texts)
+    assert plain.natural_heldout is None
 
 
 def _batch(correct: list[int], alternative: list[int]) -> TaskBatch:

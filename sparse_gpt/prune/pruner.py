@@ -68,6 +68,8 @@ class PruneConfig:
     budget: float = 0.0             # minutes for the whole search (0: the fixed k_coef/lr/seed search)
     max_trials: int = 0             # budgeted search: stop after this many trials too (0: the budget alone)
     natural_frac: float = 0.0       # share of each batch taken from natural examples (if the task has them)
+    natural_judge: bool = False     # a node set must also meet the search target on natural examples
+                                    # (for tasks that mine them)
     pool_pairs: int = 512           # templated pairs the masks train on
     eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
     search_runs: int = 3            # mask runs in the built-in search
@@ -171,12 +173,23 @@ class Pruner:
         enc = lambda pairs: encode_pairs(task, pairs, tokenizer, block).to(device)  # noqa: E731
         self.pool = enc(task.pairs(cfg.pool_pairs, seed=cfg.seed, split="prune"))
         self.heldout = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 1, split="prune"))
-        self.natural = None
-        if cfg.natural_frac > 0:
-            examples = task.natural_examples(natural_texts or [], n=cfg.pool_pairs, seed=cfg.seed, tokenizer=tokenizer)
+        # natural examples (mined from `natural_texts`: pass text the validation does not use) to
+        # train on (natural_frac) and to judge on (natural_judge)
+        self.natural = self.natural_heldout = None
+        for wanted, n, seed, option in ((cfg.natural_frac > 0, cfg.pool_pairs, cfg.seed, "--natural-frac"),
+                                        (cfg.natural_judge, cfg.eval_pairs, cfg.seed + 4, "--natural-judge")):
+            if not wanted:
+                continue
+            examples = task.natural_examples(natural_texts or [], n=n, seed=seed, tokenizer=tokenizer)
+            if not examples and option == "--natural-judge":
+                continue  # a task that mines none is judged on its templated prompts alone
             if not examples:
-                raise ValueError(f"--natural-frac {cfg.natural_frac}: task {task.name} has no natural examples")
-            self.natural = encode_examples(task, examples, tokenizer, block).to(device)
+                raise ValueError(f"{option}: task {task.name} has no natural examples")
+            batch = encode_examples(task, examples, tokenizer, block).to(device)
+            if option == "--natural-frac":
+                self.natural = batch
+            else:
+                self.natural_heldout = batch
         self.eval = Evaluator(model, layout, self.ablate_to, cfg.freeze_norms)
         # calibration is fitted here and judged on `heldout`; refinement judges on both
         self.calib = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 2, split="prune"))
@@ -188,6 +201,12 @@ class Pruner:
             raise TargetUnreachableError(
                 f"the full model's loss on {task.name} is {self.full_loss:.4f}, above the target "
                 f"{cfg.target_loss}; no circuit can meet it (train longer, or pass a higher --target-loss)", full)
+        if self.natural_heldout is not None and require_full:
+            natural_loss = self.eval.metrics(self.natural_heldout, None).loss
+            if natural_loss > cfg.search_target:
+                raise TargetUnreachableError(
+                    f"the full model's loss on natural {task.name} examples is {natural_loss:.4f}, above the "
+                    f"search target {cfg.search_target:.4f}; no circuit can meet it (drop --natural-judge)", full)
         if self.full_loss > self.cfg.search_target:
             # too little room under the target for the whole margin: aim halfway between the two
             margin = (cfg.target_loss - self.full_loss) / (2 * cfg.target_loss)
@@ -334,10 +353,12 @@ class Pruner:
     def judge(self, gate_sets: torch.Tensor, ev: Evaluator | None = None) -> torch.Tensor:
         """(C,) the raw loss of each node set (C, N) on the held-out pairs: the worse of the
         held-out and the calibration batches, so that a size chosen right at the target on one
-        batch is not an accident of that batch. `ev` (default: the node evaluator) may judge other
-        gate vectors, e.g. edge masks."""
+        batch is not an accident of that batch, and with natural_judge of the held-out natural
+        examples too. `ev` (default: the node evaluator) may judge other gate vectors, e.g. edge
+        masks."""
         ev, sets = ev or self.eval, gate_sets.to(self.device)
-        return torch.stack([ev.losses_many(b, sets) for b in (self.heldout, self.calib)]).amax(0).cpu()
+        batches = [self.heldout, self.calib] + ([self.natural_heldout] if self.natural_heldout is not None else [])
+        return torch.stack([ev.losses_many(b, sets) for b in batches]).amax(0).cpu()
 
     def loss_at(self, scores: torch.Tensor, k: int) -> float:
         return float(self.judge(top_k_gates(scores, k)[None]))
