@@ -54,50 +54,67 @@ def _residual_links(circuit: Circuit) -> list[tuple[str, str, int]]:
     return links
 
 
-def readable_layout(circuit: Circuit) -> ReadableLayout:
-    """Rows follow the computation (only rows that hold a node); within a row, nodes sit near the
-    mean x of what feeds them (weights and residual links), which keeps most edges short."""
-    rows: dict[int, list] = {}
-    for n in circuit.nodes:
-        rows.setdefault(_order(n), []).append(n)
+def readable_layout(circuit: Circuit, sweeps: int = 4) -> ReadableLayout:
+    """Rows follow the computation (only rows that hold a node). Within a row, nodes are ordered by
+    the mean x of their neighbours (weights and residual links) in the rows below, then above,
+    alternately for a few sweeps (the barycentre heuristic of layered graph drawing), which
+    removes most edge crossings."""
+    rows: dict[int, list[str]] = {}
+    for n in sorted(circuit.nodes, key=lambda n: n.index):
+        rows.setdefault(_order(n), []).append(n.name)
     residual = _residual_links(circuit)
-    feeds: dict[str, list[str]] = {}
-    for e in circuit.edges:
-        feeds.setdefault(e.target, []).append(e.source)
-    for source, target, _ in residual:
-        feeds.setdefault(target, []).append(source)
+    links = [(e.source, e.target) for e in circuit.edges] + [(s, t) for s, t, _ in residual]
+    below: dict[str, list[str]] = {}
+    above: dict[str, list[str]] = {}
+    for source, target in links:
+        if source != "input" and target != "answer":
+            below.setdefault(target, []).append(source)
+            above.setdefault(source, []).append(target)
     width = max((len(v) for v in rows.values()), default=1)
-    positions: dict[str, tuple[float, float]] = {"input": ((width - 1) / 2, 0.0)}
-    row_names = {}
-    for y, key in enumerate(sorted(rows), start=1):
-        def pull(n):
-            xs = [positions[s][0] for s in feeds.get(n.name, []) if s in positions and s != "input"]
-            return (sum(xs) / len(xs) if xs else float(n.index), n.index)
-        members = sorted(rows[key], key=pull)
-        start = (width - len(members)) / 2
-        for j, n in enumerate(members):
-            positions[n.name] = (start + j, float(y))
-        layer, stage = divmod(key, len(ROWS))
-        row_names[y] = f"layer {layer} {_ROW_NAMES[stage]}"
-    top = len(rows) + 1
-    positions["answer"] = ((width - 1) / 2, float(top))
+    keys = sorted(rows)
+    x: dict[str, float] = {}
+
+    def place(key: int) -> None:
+        start = (width - len(rows[key])) / 2
+        x.update({name: start + j for j, name in enumerate(rows[key])})
+
+    for key in keys:
+        place(key)
+    for sweep in range(sweeps):
+        neighbours, order = (below, keys) if sweep % 2 == 0 else (above, keys[::-1])
+        for key in order:
+            def centre(name: str) -> float:
+                xs = [x[m] for m in neighbours.get(name, [])]
+                return sum(xs) / len(xs) if xs else x[name]
+            rows[key].sort(key=centre)  # stable: a node without neighbours there keeps its place
+            place(key)
+    positions = {name: (x[name], float(y)) for y, key in enumerate(keys, start=1) for name in rows[key]}
+    row_names = {y: f"layer {key // len(ROWS)} {_ROW_NAMES[key % len(ROWS)]}" for y, key in enumerate(keys, start=1)}
+    top = len(keys) + 1
+    positions |= {"input": ((width - 1) / 2, 0.0), "answer": ((width - 1) / 2, float(top))}
     return ReadableLayout(positions, row_names, residual, width, top)
 
 
-def _side_name(side: str) -> str:
-    """'answer «'»' -> '«'»': the box has no room for the word."""
-    return side.removeprefix("answer ")
+def side_names(details: NodeDetails) -> list[str]:
+    """Short names of the task's two sides for the boxes: the answer token where the side is one
+    ('answer «'»' -> '«'»'), else A and B (explained in the title)."""
+    if all(side.startswith("answer ") for side in details.sides):
+        return [side.removeprefix("answer ") for side in details.sides]
+    return ["A", "B"]
+
+
+def _token(text: str, most: int = 8) -> str:
+    text = repr(text.replace("\n", "\u21b5"))
+    return text if len(text) <= most + 2 else text[:most + 1] + "\u2026'"
 
 
 def node_text(name: str, details: NodeDetails, contexts: NodeContexts | None) -> str:
     """The box of one node: its name, its mean activation on each side of the task, what it fires on
     in pretraining text, and the circuit's raw loss without it."""
     numbers = details.nodes[name]
-    sides = "  ".join(f"{_side_name(s)} {m:+.2f}" for s, m in zip(details.sides, numbers.side_means))
-    lines = [name, sides]
+    lines = [name, "  ".join(f"{s} {m:+.2f}" for s, m in zip(side_names(details), numbers.side_means))]
     if contexts is not None:
-        top = contexts.explain(name, 1).top_tokens[:3]
-        lines.append("fires on " + " ".join(repr(t.token.replace("\n", "\u21b5")) for t in top))
+        lines.append("fires on " + " ".join(_token(t.token) for t in contexts.explain(name, 1).top_tokens[:3]))
     lines.append(f"loss without it {numbers.circuit_without:.2f}")
     return "\n".join(lines)
 
@@ -146,8 +163,8 @@ def render_labelled(circuit: Circuit, details: NodeDetails, contexts: NodeContex
         ax.text(*lay.positions[name], node_text(name, details, contexts), ha="center", va="center", fontsize=5.5,
                 zorder=2, linespacing=1.25,
                 bbox={"boxstyle": "round,pad=0.3", "fc": "white", "ec": KIND_COLOURS[kind], "lw": 1.2})
-    ends = {"input": "input tokens (embeddings)",
-            "answer": "answer: " + " vs ".join(_side_name(s) for s in details.sides) + " (unembedding)"}
+    names = side_names(details)
+    ends = {"input": "input tokens (embeddings)", "answer": "answer: " + " vs ".join(names) + " (unembedding)"}
     for name, text in ends.items():
         ax.text(*lay.positions[name], text, ha="center", va="center", fontsize=7, zorder=2,
                 bbox={"boxstyle": "round,pad=0.4", "fc": "#eeeeee", "ec": "#777777"})
@@ -162,9 +179,10 @@ def render_labelled(circuit: Circuit, details: NodeDetails, contexts: NodeContex
     legend = ", ".join(f"{k} ({c})" for k, c in (("box edge", "node kind"), ("red", "positive weight"),
                                                   ("blue", "negative"), ("dotted", "residual stream"),
                                                   ("dashed", "q·k pair")))
+    sides = "" if names != ["A", "B"] else f" (A: {details.sides[0]}, B: {details.sides[1]})"
     ax.set_title(f"{circuit.task}: {len(circuit.nodes)} nodes, {edge_count(circuit)}{losses}\n"
-                 f"each box: node, mean activation at the answer on each side ({details.n_prompts} prompts), "
-                 f"what it fires on in pretraining text, circuit loss without it\n{legend}", fontsize=7.5)
+                 f"each box: node, mean activation at the answer on each side{sides} over {details.n_prompts} "
+                 f"prompts, what it fires on in pretraining text, circuit loss without it\n{legend}", fontsize=7.5)
     fig.tight_layout()
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
