@@ -42,7 +42,8 @@ def write_viewer(loaded: LoadedModel, circuit: Circuit, means: torch.Tensor, con
 
 def rerender(circuit_path: str | Path, checkpoint: str | Path, prefix: Path, device: str,
              progress: bool = True, log=print) -> list[Path]:
-    """Redraw the viewer (and the labelled diagram of a small circuit) of a saved circuit from its checkpoint (which must have the same weights)."""
+    """Redraw the viewer (and a small circuit's labelled diagram) of a saved circuit from its
+    checkpoint, which must have the same weights."""
     loaded = load_any(checkpoint, device)
     circuit = load_circuit(circuit_path, fingerprint=loaded.fingerprint)  # refuse other weights
     layout = NodeLayout(loaded.model.config)

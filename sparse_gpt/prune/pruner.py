@@ -175,21 +175,15 @@ class Pruner:
         self.heldout = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 1, split="prune"))
         # natural examples (mined from `natural_texts`: pass text the validation does not use) to
         # train on (natural_frac) and to judge on (natural_judge)
-        self.natural = self.natural_heldout = None
-        for wanted, n, seed, option in ((cfg.natural_frac > 0, cfg.pool_pairs, cfg.seed, "--natural-frac"),
-                                        (cfg.natural_judge, cfg.eval_pairs, cfg.seed + 4, "--natural-judge")):
-            if not wanted:
-                continue
+        def mine(n: int, seed: int) -> TaskBatch | None:
             examples = task.natural_examples(natural_texts or [], n=n, seed=seed, tokenizer=tokenizer)
-            if not examples and option == "--natural-judge":
-                continue  # a task that mines none is judged on its templated prompts alone
-            if not examples:
-                raise ValueError(f"{option}: task {task.name} has no natural examples")
-            batch = encode_examples(task, examples, tokenizer, block).to(device)
-            if option == "--natural-frac":
-                self.natural = batch
-            else:
-                self.natural_heldout = batch
+            return encode_examples(task, examples, tokenizer, block).to(device) if examples else None
+
+        self.natural = mine(cfg.pool_pairs, cfg.seed) if cfg.natural_frac > 0 else None
+        if cfg.natural_frac > 0 and self.natural is None:
+            raise ValueError(f"--natural-frac {cfg.natural_frac}: task {task.name} has no natural examples")
+        # None for a task that mines no natural examples: it is judged on its templated prompts alone
+        self.natural_heldout = mine(cfg.eval_pairs, cfg.seed + 4) if cfg.natural_judge else None
         self.eval = Evaluator(model, layout, self.ablate_to, cfg.freeze_norms)
         # calibration is fitted here and judged on `heldout`; refinement judges on both
         self.calib = enc(task.pairs(cfg.eval_pairs, seed=cfg.seed + 2, split="prune"))
