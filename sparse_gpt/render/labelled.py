@@ -121,12 +121,12 @@ def node_text(name: str, details: NodeDetails, contexts: NodeContexts | None) ->
 
 def _draw_edges(ax, circuit: Circuit, lay: ReadableLayout, half: float) -> None:
     wmax = max((abs(e.weight) for e in circuit.edges), default=1.0) or 1.0
-    for e in circuit.edges:
+    for i, e in enumerate(circuit.edges):
         (x0, y0), (x1, y1) = lay.positions[e.source], lay.positions[e.target]
         colour = EDGE_COLOURS["positive" if e.weight > 0 else "negative"]
         ax.plot([x0, x1], [y0 + half, y1 - half], color=colour, lw=0.6 + 2.4 * abs(e.weight) / wmax, alpha=0.7,
                 zorder=1)
-        t = 0.6  # label nearer the target, where fan-in edges have spread apart
+        t = 0.3 + 0.45 * ((0.618 * i) % 1)  # labels staggered along their edges, so that few collide
         ax.text(x0 + t * (x1 - x0), y0 + half + t * (y1 - y0 - 2 * half), f"{e.weight:+.2g}", fontsize=5.5,
                 color=colour, ha="center", va="center", zorder=3,
                 bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.85})
