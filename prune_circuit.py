@@ -116,7 +116,8 @@ def print_table(rows: list[tuple[str, Metrics | Score]]) -> None:
 def prune_config(args) -> PruneConfig:
     return PruneConfig(target_loss=args.target_loss, search_margin=args.search_margin, ablation=args.ablation, mask=args.mask,
                        target_size=args.target_size, tie_qk=args.tie_qk, freeze_norms=args.freeze_norms,
-                       natural_frac=args.natural_frac, natural_judge=args.natural_judge, steps=args.steps, k_coef=args.k_coef, lr=args.lr,
+                       natural_frac=args.natural_frac, natural_judge=args.natural_judge, steps=args.steps,
+                       k_coef=args.k_coef, lr=args.lr,
                        search_runs=args.search_runs or PruneConfig.search_runs, max_trials=args.search_runs or 0,
                        seed=args.seed, budget=args.budget,
                        refine=not args.no_refine, edge_mask=not args.no_edge_mask,

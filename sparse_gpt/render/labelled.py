@@ -16,11 +16,9 @@ from matplotlib.figure import Figure
 from ..circuit import Circuit, NodeDetails
 from ..explain import NodeContexts
 from ..fileio import atomic_save_figure
-from .layout import EDGE_COLOURS, KIND_COLOURS, ROWS, edge_count
+from .layout import EDGE_COLOURS, KIND_COLOURS, ROWS, edge_count, row_of
 
 MAX_NODES = 40
-_STAGE = {"attn.act_in": 0, "attn.q": 1, "attn.k": 1, "attn.v": 1, "attn.resid_delta": 2,
-          "mlp.act_in": 3, "mlp.post_act": 4, "mlp.resid_delta": 5}
 _ROW_NAMES = ("attention reads", "attention q / k / v", "attention writes", "MLP reads", "MLP neurons",
               "MLP writes")
 assert len(_ROW_NAMES) == len(ROWS)
@@ -35,10 +33,6 @@ class ReadableLayout:
     top: int                                     # y of the answer
 
 
-def _order(node) -> int:
-    return node.layer * len(ROWS) + _STAGE[node.location.split(".", 1)[1]]
-
-
 def _residual_links(circuit: Circuit) -> list[tuple[str, str, int]]:
     """Residual-stream links: each read of a channel from the circuit's earlier writes to it (or from
     the token embeddings when none), and each write nothing later reads to the unembedding."""
@@ -46,10 +40,10 @@ def _residual_links(circuit: Circuit) -> list[tuple[str, str, int]]:
     reads = [n for n in circuit.nodes if n.kind == "resid_read"]
     writes = [n for n in circuit.nodes if n.kind == "resid_write"]
     for r in reads:
-        sources = [w.name for w in writes if w.index == r.index and _order(w) < _order(r)]
+        sources = [w.name for w in writes if w.index == r.index and row_of(w) < row_of(r)]
         links += [(s, r.name, r.index) for s in sources or ["input"]]
     for w in writes:
-        if not any(r.index == w.index and _order(r) > _order(w) for r in reads):
+        if not any(r.index == w.index and row_of(r) > row_of(w) for r in reads):
             links.append((w.name, "answer", w.index))
     return links
 
@@ -61,7 +55,7 @@ def readable_layout(circuit: Circuit, sweeps: int = 4) -> ReadableLayout:
     removes most edge crossings."""
     rows: dict[int, list[str]] = {}
     for n in sorted(circuit.nodes, key=lambda n: n.index):
-        rows.setdefault(_order(n), []).append(n.name)
+        rows.setdefault(row_of(n), []).append(n.name)
     residual = _residual_links(circuit)
     links = [(e.source, e.target) for e in circuit.edges] + [(s, t) for s, t, _ in residual]
     below: dict[str, list[str]] = {}

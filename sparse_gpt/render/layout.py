@@ -27,6 +27,12 @@ class Layout:
     width: float
 
 
+def row_of(node) -> int:
+    """The node's row in the computation, counted from layer 0's attention reads (ROWS per layer)."""
+    suffix = node.location.split(".", 1)[1]
+    return node.layer * len(ROWS) + ROWS.index("attn.qkv" if suffix in _QKV_ORDER else suffix)
+
+
 def circuit_layout(circuit: Circuit) -> Layout:
     nodes = circuit.nodes
     d_head = circuit.model.get("d_head", 16)
@@ -38,8 +44,7 @@ def circuit_layout(circuit: Circuit) -> Layout:
     banded: dict[float, list[tuple[tuple, str]]] = {}
     for n in nodes:
         suffix = n.location.split(".", 1)[1]
-        row = ROWS.index("attn.qkv" if suffix in _QKV_ORDER else suffix)
-        y = float(n.layer * len(ROWS) + row)
+        y = float(row_of(n))
         if n.kind in ("resid_read", "resid_write"):
             positions[n.name] = (x_of_channel[n.index], y)
             lo, hi = span.get(n.index, (y, y))
