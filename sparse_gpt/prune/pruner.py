@@ -195,16 +195,16 @@ class Pruner:
             raise TargetUnreachableError(
                 f"the full model's loss on {task.name} is {self.full_loss:.4f}, above the target "
                 f"{cfg.target_loss}; no circuit can meet it (train longer, or pass a higher --target-loss)", full)
-        if self.natural_heldout is not None and require_full:
-            natural_loss = self.eval.metrics(self.natural_heldout, None).loss
-            if natural_loss > cfg.search_target:
-                raise TargetUnreachableError(
-                    f"the full model's loss on natural {task.name} examples is {natural_loss:.4f}, above the "
-                    f"search target {cfg.search_target:.4f}; no circuit can meet it (drop --natural-judge)", full)
         if self.full_loss > self.cfg.search_target:
             # too little room under the target for the whole margin: aim halfway between the two
             margin = (cfg.target_loss - self.full_loss) / (2 * cfg.target_loss)
             self.cfg = replace(self.cfg, search_margin=max(0.0, margin))
+        if self.natural_heldout is not None and require_full:
+            natural_loss = self.eval.metrics(self.natural_heldout, None).loss
+            if natural_loss > self.cfg.search_target:
+                raise TargetUnreachableError(
+                    f"the full model's loss on natural {task.name} examples is {natural_loss:.4f}, above the "
+                    f"search target {self.cfg.search_target:.4f}; no circuit can meet it (drop --natural-judge)", full)
 
     # -- one mask-training run --
 
