@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from planted import PlantedQuoteTask, circuit_of, pretraining_windows
-from sparse_gpt.circuit import node_details
+from sparse_gpt.circuit import attention_from_answer, node_details
 from sparse_gpt.explain import ExplainSettings, NodeContexts, compute_node_contexts
 from sparse_gpt.render import MAX_NODES, readable_layout, render_html, render_labelled
 from sparse_gpt.render.labelled import node_text
@@ -55,6 +55,21 @@ def test_node_details_show_the_planted_mechanism(page):
     assert out.ablated_alone > base["full"] + 0.3 and out.circuit_without > base["circuit"] + 0.3
     detector = page_data(path)["details"]["nodes"]["0.mlp.post_act[0]"]["explanation"]
     assert detector["top"][0]["tokens"][detector["top"][0]["focus"]] == '"'
+
+
+def test_attention_from_answer_finds_the_head_that_fetches_the_quote(planted):
+    model, tok, task, layout, means, pruner, run = planted
+    circuit = circuit_of(model, layout, run)
+    heads = attention_from_answer(model, tok, circuit, task, means, layer=1)
+    # layer 1 head 0 looks from `=` at the opening quote, in the model and in the circuit
+    assert heads[0].on_difference[0] > 0.9 and heads[0].on_difference[1] > 0.9
+    assert all(h.on_difference[0] < 0.2 and h.on_sink[0] > 0.4 for h in heads[1:])
+    assert all(h.on_difference[0] < 0.2 for h in attention_from_answer(model, tok, circuit, task, means, layer=0))
+    # the circuit's number is the circuit's own: without its key channel the head no longer finds it
+    keep = run.keep.clone()
+    keep[layout.node_index("1.attn.k[0]")] = False
+    without_key = circuit_of(model, layout, replace(run, keep=keep))
+    assert attention_from_answer(model, tok, without_key, task, means, layer=1)[0].on_difference[1] < 0.5
 
 
 def test_labelled_diagram_follows_the_flow_and_labels_every_node(evidence, tmp_path):

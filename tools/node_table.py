@@ -5,8 +5,10 @@
 Prints where the nodes are (per layer and kind) and the most important nodes by the circuit's raw
 loss without each one, with their mean activation at the answer position on each side of the task,
 their mean over pretraining text and the full model's loss without them: the numbers the viewer
-shows when a node is clicked, on more prompts (`--pairs`). Reads the checkpoint named in
-circuit.json; not part of the sparse_gpt package.
+shows when a node is clicked, on more prompts (`--pairs`). With `--attention LAYER`, also where each
+head of that layer looks from the answer position, in the full model and in the circuit: its share
+on the token where a pair's two prompts differ (the opening quote of the quote task) and on the
+sink. Reads the checkpoint named in circuit.json; not part of the sparse_gpt package.
 """
 from __future__ import annotations
 
@@ -23,10 +25,12 @@ def main(argv=None) -> int:
     p.add_argument("circuit", type=Path, help="circuit.json")
     p.add_argument("--top", type=int, default=15, help="rows of the importance table")
     p.add_argument("--pairs", type=int, default=64, help="templated pairs the numbers are measured on")
+    p.add_argument("--attention", type=int, action="append", default=[], metavar="LAYER",
+                   help="also tabulate where this layer's heads attend from the answer position (repeatable)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    from sparse_gpt.circuit import load_circuit, node_details
+    from sparse_gpt.circuit import attention_from_answer, load_circuit, node_details
     from sparse_gpt.loading import load_any
     from sparse_gpt.nodes import NodeLayout, load_or_compute_means
     from sparse_gpt.tasks import get_task
@@ -36,6 +40,11 @@ def main(argv=None) -> int:
         loaded = load_any(circuit.provenance.checkpoint, args.device)
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    n_layer = loaded.model.config.n_layer
+    bad = [layer for layer in args.attention if not 0 <= layer < n_layer]
+    if bad:
+        print(f"error: --attention {bad[0]}: the model has layers 0-{n_layer - 1}", file=sys.stderr)
         return 2
     layout = NodeLayout(loaded.model.config)
     means = load_or_compute_means(loaded.model, layout, loaded.tokenizer, loaded.path, loaded.fingerprint,
@@ -57,6 +66,16 @@ def main(argv=None) -> int:
     for name, n in ranked[:args.top]:
         print(f"| `{name}` | {n.side_means[0]:.3f} | {n.side_means[1]:.3f} | {n.pretraining_mean:.3f} | "
               f"{n.circuit_without:.3f} | {n.ablated_alone:.3f} |")
+    task = get_task(circuit.task)
+    for layer in args.attention:
+        heads = attention_from_answer(loaded.model, loaded.tokenizer, circuit, task, means, layer,
+                                      n_pairs=args.pairs)
+        print(f"\nLayer {layer}: attention from the answer position ({2 * args.pairs} prompts)\n")
+        print("| head | on the token the pair differs in, full | circuit | on the sink, full | circuit |")
+        print("|---|---|---|---|---|")
+        for h, a in enumerate(heads):
+            print(f"| {h} | {a.on_difference[0]:.3f} | {a.on_difference[1]:.3f} | {a.on_sink[0]:.3f} | "
+                  f"{a.on_sink[1]:.3f} |")
     return 0
 
 

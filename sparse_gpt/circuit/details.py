@@ -3,16 +3,18 @@
 Per circuit node: its mean activation at the answer position on each side of the task, the task
 loss with only that node ablated (in the full model, and in the circuit, raw: no calibration; a
 weight-level circuit keeps only its own weights), and its mean over pretraining text (what it carries
-when mean-ablated).
+when mean-ablated). Per attention head: where it looks from the answer position.
 """
 from __future__ import annotations
 
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 from ..nodes import NodeLayout
+from ..prune.masks import gated, head_scores, record_norm_scales
 from ..prune.objective import Evaluator
 from ..tasks.base import BinaryTask, TaskBatch, encode_pairs
 from ..tokenizer import decode
@@ -103,3 +105,76 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
                                   pretraining_mean=float(node_means[int(idx[k])]), ablated_alone=losses_alone[k],
                                   circuit_without=losses_without[k])
     return NodeDetails(sides=labels, n_prompts=len(batch), baseline=baseline, nodes=nodes)
+
+
+@dataclass
+class HeadAttention:
+    """Mean attention of one head from the answer position, in the full model and in the circuit,
+    on the token where the two prompts of a pair differ (e.g. the opening quote) and on the sink."""
+    on_difference: tuple[float, float]   # (full model, circuit)
+    on_sink: tuple[float, float]
+
+
+def _pair_difference(batch: TaskBatch) -> torch.Tensor:
+    """(N,) per row, the first position where its prompt and its pair partner's differ (-1: none
+    before the answer position, or no partner)."""
+    out = torch.full((len(batch),), -1, dtype=torch.long)
+    rows_of = {}
+    for r, pid in enumerate(batch.pair_ids.tolist()):
+        rows_of.setdefault(pid, []).append(r)
+    for pid, rows in rows_of.items():
+        if pid < 0 or len(rows) != 2:
+            continue
+        a, b = rows
+        n = int(min(batch.positions[a], batch.positions[b])) + 1
+        differ = (batch.tokens[a, :n] != batch.tokens[b, :n]).nonzero()
+        if len(differ):
+            out[a] = out[b] = int(differ[0, 0])
+    return out
+
+
+@torch.no_grad()
+def attention_from_answer(model, tokenizer, circuit: Circuit, task: BinaryTask, means: torch.Tensor, layer: int,
+                          n_pairs: int = 64, seed: int = 20_011) -> list[HeadAttention]:
+    """Where each head of `layer` attends from the answer position, full model against circuit.
+
+    The circuit runs as the validation runs it (its nodes and weights, the rest at their ablation
+    values), so a head whose q/k channels the circuit keeps shows whether the circuit still looks
+    where the model does. Rows whose pair does not differ before the answer are left out."""
+    device = next(model.parameters()).device
+    layout = NodeLayout(model.config)
+    attn = model.get_submodule(f"transformer.h.{layer}.attn")
+    batch = encode_pairs(task, task.pairs(n_pairs, seed, "prune"), tokenizer, model.config.block_size).trimmed()
+    where = _pair_difference(batch)
+    batch = batch.select(where >= 0)
+    where = where[where >= 0].to(device)
+    batch = batch.to(device)
+    edges, edge_keep = circuit.edge_mask(model, layout)
+    keep = circuit.keep_mask(layout).float().to(device)
+
+    def probs(circuit_run: bool) -> torch.Tensor:
+        """(N, H, T + 1) attention of the answer position; the last slot is the sink."""
+        got = {}
+        with ExitStack() as stack:
+            if circuit_run:
+                scales = record_norm_scales(model, batch.tokens) if circuit.settings.freeze_norms else None
+                stack.enter_context(gated(model, layout, keep, circuit.ablation_values(means.to(device)), scales,
+                                          edges, edge_keep.float().to(device)))
+            # registered after the circuit's own hooks, so these see q and k as the circuit has them
+            for part in "qk":
+                handle = model.hook_point(f"{layer}.attn.{part}").register_forward_hook(
+                    lambda _m, _i, out, part=part: got.__setitem__(part, out))
+                stack.callback(handle.remove)
+            model(batch.tokens)
+        scores = head_scores(got["q"], got["k"], attn.n_head)  # (N, H, T, T)
+        rows = torch.arange(len(batch), device=device)
+        at = scores[rows, :, batch.positions]  # (N, H, T)
+        sink = (attn.sink_logit.float() if attn.sink_logit is not None
+                else at.new_full((attn.n_head,), float("-inf")))
+        return torch.cat([at, sink.expand(len(batch), -1)[..., None]], -1).softmax(-1)
+
+    full, circ = probs(False), probs(True)
+    rows = torch.arange(len(batch), device=device)
+    return [HeadAttention(on_difference=(float(full[rows, h, where].mean()), float(circ[rows, h, where].mean())),
+                          on_sink=(float(full[:, h, -1].mean()), float(circ[:, h, -1].mean())))
+            for h in range(attn.n_head)]

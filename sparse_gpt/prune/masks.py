@@ -165,20 +165,27 @@ def gated(model, layout: NodeLayout, gates: torch.Tensor, means: torch.Tensor,
         yield
 
 
+def head_scores(q: torch.Tensor, k: torch.Tensor, n_head: int) -> torch.Tensor:
+    """(B, H, T, T) float32 attention scores of each head (the model's scaling), -inf above the
+    causal diagonal. q, k: (B, T, width) as the q and k hook points see them."""
+    B, T, W = q.shape
+    D = W // n_head
+    qh = q.float().view(B, T, n_head, D).transpose(1, 2)
+    kh = k.float().view(B, T, n_head, D).transpose(1, 2)
+    scores = qh @ kh.transpose(-1, -2) / math.sqrt(D)
+    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
+    return scores.masked_fill(~causal, float("-inf"))
+
+
 def real_key_mass(q: torch.Tensor, k: torch.Tensor, n_head: int, sink_logit: torch.Tensor | None) -> torch.Tensor:
     """(B, T, width) attention weight on the real keys (not the sink) of each query, per channel:
     the attention output of a v channel held at a constant c is c times this. q, k: (B, T, width)."""
     B, T, W = q.shape
     if sink_logit is None:
         return q.new_ones(B, T, W)
-    D = W // n_head
-    qh = q.float().view(B, T, n_head, D).transpose(1, 2)
-    kh = k.float().view(B, T, n_head, D).transpose(1, 2)
-    scores = qh @ kh.transpose(-1, -2) / math.sqrt(D)  # (B, H, T, T)
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-    lse = scores.masked_fill(~causal, float("-inf")).logsumexp(-1)  # (B, H, T)
+    lse = head_scores(q, k, n_head).logsumexp(-1)  # (B, H, T)
     mass = torch.sigmoid(lse - sink_logit.float()[:, None])  # Z / (Z + e^s)
-    return mass.transpose(1, 2).repeat_interleave(D, -1).to(q.dtype)
+    return mass.transpose(1, 2).repeat_interleave(W // n_head, -1).to(q.dtype)
 
 
 @contextmanager
