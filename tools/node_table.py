@@ -3,9 +3,10 @@
     python tools/node_table.py runs/cpu-small/circuits/single_double_quote/circuit.json --top 15
 
 Prints where the nodes are (per layer and kind) and the most important nodes by the circuit's raw
-loss without each one, with their mean activation at the answer position on each side of the task,
-their mean over pretraining text and the full model's loss without them: the numbers the viewer
-shows when a node is clicked, on more prompts (`--pairs`). With `--attention LAYER`, also where each
+loss without each one, with their mean activation on each side of the task at the answer position
+and at the token where a pair's prompts differ, their mean over pretraining text and the full
+model's loss without them: the numbers the viewer shows when a node is clicked (and where the
+pair differs), on more prompts (`--pairs`). With `--attention LAYER`, also where each
 head of that layer looks from the answer position, in the full model and in the circuit: its share
 on the token where a pair's two prompts differ (the opening quote of the quote task) and on the
 sink. Reads the checkpoint named in circuit.json; not part of the sparse_gpt package.
@@ -30,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    from sparse_gpt.circuit import attention_from_answer, load_circuit, node_details
+    from sparse_gpt.circuit import attention_from_answer, load_circuit, means_at_difference, node_details
     from sparse_gpt.loading import load_any
     from sparse_gpt.nodes import NodeLayout, load_or_compute_means
     from sparse_gpt.tasks import get_task
@@ -60,13 +61,16 @@ def main(argv=None) -> int:
     b = details.baseline
     print(f"\n{details.n_prompts} templated prompts; circuit raw loss {b['circuit']:.3f}, full model {b['full']:.3f}\n")
     s0, s1 = details.sides
-    print(f"| node | mean act., {s0} | {s1} | pretraining mean | circuit without it | full model without it |")
-    print("|---|---|---|---|---|---|")
+    task = get_task(circuit.task)
+    _, at_difference = means_at_difference(loaded.model, loaded.tokenizer, circuit, task, n_pairs=args.pairs)
+    print(f"| node | at the answer, {s0} | {s1} | at the token the pair differs in, {s0} | {s1} | "
+          "pretraining mean | circuit without it | full model without it |")
+    print("|---|---|---|---|---|---|---|---|")
     ranked = sorted(details.nodes.items(), key=lambda kv: -kv[1].circuit_without)
     for name, n in ranked[:args.top]:
-        print(f"| `{name}` | {n.side_means[0]:.3f} | {n.side_means[1]:.3f} | {n.pretraining_mean:.3f} | "
-              f"{n.circuit_without:.3f} | {n.ablated_alone:.3f} |")
-    task = get_task(circuit.task)
+        d0, d1 = at_difference[name]
+        print(f"| `{name}` | {n.side_means[0]:.3f} | {n.side_means[1]:.3f} | {d0:.3f} | {d1:.3f} | "
+              f"{n.pretraining_mean:.3f} | {n.circuit_without:.3f} | {n.ablated_alone:.3f} |")
     for layer in args.attention:
         heads = attention_from_answer(loaded.model, loaded.tokenizer, circuit, task, means, layer,
                                       n_pairs=args.pairs)

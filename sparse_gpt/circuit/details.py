@@ -47,14 +47,15 @@ def _sides(task: BinaryTask, batch: TaskBatch, tokenizer) -> tuple[list[str], to
     return ["first prompt of each pair", "second prompt of each pair"], torch.arange(len(batch)) % 2
 
 
-def _activations_at_answer(model, layout: NodeLayout, batch: TaskBatch, names: list[str]) -> dict[str, torch.Tensor]:
-    """{location: (n, width)} activations at each prompt's answer position, for the locations of `names`."""
+def _activations_at(model, layout: NodeLayout, batch: TaskBatch, names: list[str],
+                    positions: torch.Tensor) -> dict[str, torch.Tensor]:
+    """{location: (n, width)} activations at one position per prompt, for the locations of `names`."""
     locations = sorted({layout.locate(n)[0] for n in names})
     part = batch.trimmed()
     with model.hooks(record=locations) as cache:
         model(part.tokens)
     rows = torch.arange(len(batch), device=part.tokens.device)
-    return {loc: cache[loc][rows, batch.positions].float() for loc in locations}
+    return {loc: cache[loc][rows, positions].float() for loc in locations}
 
 
 @torch.no_grad()
@@ -79,7 +80,7 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
     labels, side = _sides(task, batch, tokenizer)
     side = side.to(device)
     keep = circuit.keep_mask(layout).float().to(device)
-    at_answer = _activations_at_answer(model, layout, batch, circuit.node_names)
+    at_answer = _activations_at(model, layout, batch, circuit.node_names, batch.positions)
 
     # raw losses: the circuit is judged without its calibration, and so is every node in it
     baseline = {"full": ev.loss(batch, None), "circuit": cev.loss(batch, keep)}
@@ -131,6 +132,29 @@ def _pair_difference(batch: TaskBatch) -> torch.Tensor:
         if len(differ):
             out[a] = out[b] = int(differ[0, 0])
     return out
+
+
+@torch.no_grad()
+def means_at_difference(model, tokenizer, circuit: Circuit, task: BinaryTask, n_pairs: int = 64,
+                        seed: int = 20_011) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """Each circuit node's mean activation in the full model at the token where a pair's prompts
+    differ (the opening quote of the quote task), per side of the task: where a node that reads
+    the same at the answer on both sides (a value channel, say) carries the difference. Returns
+    the side labels and {node: (side 0, side 1)}; rows whose pair does not differ are left out."""
+    device = next(model.parameters()).device
+    layout = NodeLayout(model.config)
+    batch = encode_pairs(task, task.pairs(n_pairs, seed, "prune"), tokenizer, model.config.block_size)
+    where = _pair_difference(batch)
+    batch = batch.select(where >= 0).to(device)
+    where = where[where >= 0].to(device)
+    labels, side = _sides(task, batch, tokenizer)
+    side = side.to(device)
+    acts = _activations_at(model, layout, batch, circuit.node_names, where)
+    out = {}
+    for name in circuit.node_names:
+        loc, j = layout.locate(name)
+        out[name] = (float(acts[loc][side == 0, j].mean()), float(acts[loc][side == 1, j].mean()))
+    return labels, out
 
 
 @torch.no_grad()
