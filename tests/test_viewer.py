@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from planted import PlantedQuoteTask, circuit_of, pretraining_windows
-from sparse_gpt.circuit import attention_from_answer, means_at_difference, node_details
+from sparse_gpt.circuit import attention_from_answer, node_details
 from sparse_gpt.explain import ExplainSettings, NodeContexts, compute_node_contexts
 from sparse_gpt.render import MAX_NODES, readable_layout, render_html, render_labelled
 from sparse_gpt.render.labelled import node_text
@@ -55,6 +55,13 @@ def test_node_details_show_the_planted_mechanism(page):
     assert out.ablated_alone > base["full"] + 0.3 and out.circuit_without > base["circuit"] + 0.3
     detector = page_data(path)["details"]["nodes"]["0.mlp.post_act[0]"]["explanation"]
     assert detector["top"][0]["tokens"][detector["top"][0]["focus"]] == '"'
+    # at the opening quote each detector fires on its own quote, and v[0] reads the type (+ / -)
+    # that at the answer position it cannot see
+    at = {name: n.difference_means for name, n in details.nodes.items()}
+    assert at["0.mlp.post_act[0]"][0] > 0.5 > at["0.mlp.post_act[0]"][1]
+    assert at["0.mlp.post_act[1]"][1] > 0.5 > at["0.mlp.post_act[1]"][0]
+    assert at["1.attn.v[0]"][0] > 0.1 > -0.1 > at["1.attn.v[0]"][1]
+    assert abs(details.nodes["1.attn.v[0]"].side_means[0]) < 0.1  # at `=` there is no quote to read
 
 
 def test_attention_from_answer_finds_the_head_that_fetches_the_quote(planted):
@@ -70,17 +77,6 @@ def test_attention_from_answer_finds_the_head_that_fetches_the_quote(planted):
     keep[layout.node_index("1.attn.k[0]")] = False
     without_key = circuit_of(model, layout, replace(run, keep=keep))
     assert attention_from_answer(model, tok, without_key, task, means, layer=1)[0].on_difference[1] < 0.5
-
-
-def test_means_at_difference_show_where_the_quote_type_is_carried(planted):
-    model, tok, task, layout, means, pruner, run = planted
-    sides, at = means_at_difference(model, tok, circuit_of(model, layout, run), task)
-    assert sides == ["answer \u00abX\u00bb", "answer \u00abY\u00bb"]
-    # at the opening quote each detector fires on its own quote, and v[0] reads the type (+ / -)
-    # that at the answer position it cannot see
-    assert at["0.mlp.post_act[0]"][0] > 0.5 > at["0.mlp.post_act[0]"][1]
-    assert at["0.mlp.post_act[1]"][1] > 0.5 > at["0.mlp.post_act[1]"][0]
-    assert at["1.attn.v[0]"][0] > 0.1 > -0.1 > at["1.attn.v[0]"][1]
 
 
 def test_labelled_diagram_follows_the_flow_and_labels_every_node(evidence, tmp_path):
@@ -137,7 +133,7 @@ def test_viewer_in_headless_chromium(page, tmp_path):
     assert report.nodes_drawn == len(circuit.nodes) == 13
     assert report.tooltip.startswith("1.attn.q[0]") and "input weights" in report.tooltip
     assert report.panel_title == "1.attn.q[0]"
-    for section in ("Mean activation at the answer position", "Task loss (raw) when this node alone is ablated",
-                    "Inputs (1)", "1.attn.act_in[2]", "Top-activating contexts"):
+    for section in ("Mean activation at the answer position", "Mean activation where the pair's prompts differ",
+                    "Task loss (raw) when this node alone is ablated", "Inputs (1)", "1.attn.act_in[2]", "Top-activating contexts"):
         assert section in report.panel_text
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000

@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    from sparse_gpt.circuit import attention_from_answer, load_circuit, means_at_difference, node_details
+    from sparse_gpt.circuit import attention_from_answer, load_circuit, node_details
     from sparse_gpt.loading import load_any
     from sparse_gpt.nodes import NodeLayout, load_or_compute_means
     from sparse_gpt.tasks import get_task
@@ -62,13 +62,12 @@ def main(argv=None) -> int:
     print(f"\n{details.n_prompts} templated prompts; circuit raw loss {b['circuit']:.3f}, full model {b['full']:.3f}\n")
     s0, s1 = details.sides
     task = get_task(circuit.task)
-    _, at_difference = means_at_difference(loaded.model, loaded.tokenizer, circuit, task, n_pairs=args.pairs)
     print(f"| node | at the answer, {s0} | {s1} | at the token the pair differs in, {s0} | {s1} | "
           "pretraining mean | circuit without it | full model without it |")
     print("|---|---|---|---|---|---|---|---|")
     ranked = sorted(details.nodes.items(), key=lambda kv: -kv[1].circuit_without)
     for name, n in ranked[:args.top]:
-        d0, d1 = at_difference[name]
+        d0, d1 = n.difference_means or (float("nan"), float("nan"))
         print(f"| `{name}` | {n.side_means[0]:.3f} | {n.side_means[1]:.3f} | {d0:.3f} | {d1:.3f} | "
               f"{n.pretraining_mean:.3f} | {n.circuit_without:.3f} | {n.ablated_alone:.3f} |")
     for layer in args.attention:

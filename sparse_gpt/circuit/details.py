@@ -3,7 +3,9 @@
 Per circuit node: its mean activation at the answer position on each side of the task, the task
 loss with only that node ablated (in the full model, and in the circuit, raw: no calibration; a
 weight-level circuit keeps only its own weights), and its mean over pretraining text (what it carries
-when mean-ablated). Per attention head: where it looks from the answer position.
+when mean-ablated); and its mean activation per side at the token where a pair's prompts differ (the
+opening quote of the quote task), where a value or key channel that reads the same at the answer
+carries the difference. Per attention head: where it looks from the answer position.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from .artefact import Circuit
 @dataclass
 class NodeNumbers:
     side_means: list[float]      # mean activation at the answer position, per side of the task
+    difference_means: list[float] | None  # the same at the token where a pair's prompts differ (None: they
+                                          # do not differ before the answer)
     pretraining_mean: float
     ablated_alone: float         # task loss of the full model without this node
     circuit_without: float       # raw (uncalibrated) task loss of the circuit without this node
@@ -58,6 +62,24 @@ def _activations_at(model, layout: NodeLayout, batch: TaskBatch, names: list[str
     return {loc: cache[loc][rows, positions].float() for loc in locations}
 
 
+def _pair_difference(batch: TaskBatch) -> torch.Tensor:
+    """(N,) per row, the first position where its prompt and its pair partner's differ (-1: none
+    before the answer position, or no partner)."""
+    out = torch.full((len(batch),), -1, dtype=torch.long)
+    rows_of = {}
+    for r, pid in enumerate(batch.pair_ids.tolist()):
+        rows_of.setdefault(pid, []).append(r)
+    for pid, rows in rows_of.items():
+        if pid < 0 or len(rows) != 2:
+            continue
+        a, b = rows
+        n = int(min(batch.positions[a], batch.positions[b])) + 1
+        differ = (batch.tokens[a, :n] != batch.tokens[b, :n]).nonzero()
+        if len(differ):
+            out[a] = out[b] = int(differ[0, 0])
+    return out
+
+
 @torch.no_grad()
 def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: torch.Tensor, n_pairs: int = 16,
                  seed: int = 20_011, progress: bool = True) -> NodeDetails:
@@ -81,6 +103,11 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
     side = side.to(device)
     keep = circuit.keep_mask(layout).float().to(device)
     at_answer = _activations_at(model, layout, batch, circuit.node_names, batch.positions)
+    # values and keys are read where the prompts differ (the opening quote), not at the answer
+    where = _pair_difference(batch).to(device)
+    differ = where >= 0
+    at_difference = (_activations_at(model, layout, batch.select(differ), circuit.node_names, where[differ])
+                     if differ.any() else None)
 
     # raw losses: the circuit is judged without its calibration, and so is every node in it
     baseline = {"full": ev.loss(batch, None), "circuit": cev.loss(batch, keep)}
@@ -102,7 +129,11 @@ def node_details(model, tokenizer, circuit: Circuit, task: BinaryTask, means: to
     for k, name in enumerate(names):
         loc, j = layout.locate(name)
         acts = at_answer[loc][:, j]
-        nodes[name] = NodeNumbers(side_means=[float(acts[side == s].mean()) for s in (0, 1)],
+        diff = None
+        if at_difference is not None:
+            d, d_side = at_difference[loc][:, j], side[differ]
+            diff = [float(d[d_side == s].mean()) for s in (0, 1)]
+        nodes[name] = NodeNumbers(side_means=[float(acts[side == s].mean()) for s in (0, 1)], difference_means=diff,
                                   pretraining_mean=float(node_means[int(idx[k])]), ablated_alone=losses_alone[k],
                                   circuit_without=losses_without[k])
     return NodeDetails(sides=labels, n_prompts=len(batch), baseline=baseline, nodes=nodes)
@@ -114,47 +145,6 @@ class HeadAttention:
     on the token where the two prompts of a pair differ (e.g. the opening quote) and on the sink."""
     on_difference: tuple[float, float]   # (full model, circuit)
     on_sink: tuple[float, float]
-
-
-def _pair_difference(batch: TaskBatch) -> torch.Tensor:
-    """(N,) per row, the first position where its prompt and its pair partner's differ (-1: none
-    before the answer position, or no partner)."""
-    out = torch.full((len(batch),), -1, dtype=torch.long)
-    rows_of = {}
-    for r, pid in enumerate(batch.pair_ids.tolist()):
-        rows_of.setdefault(pid, []).append(r)
-    for pid, rows in rows_of.items():
-        if pid < 0 or len(rows) != 2:
-            continue
-        a, b = rows
-        n = int(min(batch.positions[a], batch.positions[b])) + 1
-        differ = (batch.tokens[a, :n] != batch.tokens[b, :n]).nonzero()
-        if len(differ):
-            out[a] = out[b] = int(differ[0, 0])
-    return out
-
-
-@torch.no_grad()
-def means_at_difference(model, tokenizer, circuit: Circuit, task: BinaryTask, n_pairs: int = 64,
-                        seed: int = 20_011) -> tuple[list[str], dict[str, tuple[float, float]]]:
-    """Each circuit node's mean activation in the full model at the token where a pair's prompts
-    differ (the opening quote of the quote task), per side of the task: where a node that reads
-    the same at the answer on both sides (a value channel, say) carries the difference. Returns
-    the side labels and {node: (side 0, side 1)}; rows whose pair does not differ are left out."""
-    device = next(model.parameters()).device
-    layout = NodeLayout(model.config)
-    batch = encode_pairs(task, task.pairs(n_pairs, seed, "prune"), tokenizer, model.config.block_size)
-    where = _pair_difference(batch)
-    batch = batch.select(where >= 0).to(device)
-    where = where[where >= 0].to(device)
-    labels, side = _sides(task, batch, tokenizer)
-    side = side.to(device)
-    acts = _activations_at(model, layout, batch, circuit.node_names, where)
-    out = {}
-    for name in circuit.node_names:
-        loc, j = layout.locate(name)
-        out[name] = (float(acts[loc][side == 0, j].mean()), float(acts[loc][side == 1, j].mean()))
-    return labels, out
 
 
 @torch.no_grad()

@@ -77,6 +77,9 @@ function openPanel(name) {
     s += `<h3>Mean activation at the answer position</h3><table>` +
       sides.map((label, i) => `<tr><td>${esc(label)}</td><td>${fmt(det.side_means[i], 4)}</td></tr>`).join("") +
       `<tr><td>pretraining text (its ablation value)</td><td>${fmt(det.pretraining_mean, 4)}</td></tr></table>` +
+      (det.difference_means ? `<h3>Mean activation where the pair's prompts differ</h3><table>` +
+        sides.map((label, i) => `<tr><td>${esc(label)}</td><td>${fmt(det.difference_means[i], 4)}</td></tr>`).join("") +
+        `</table>` : "") +
       `<h3>Task loss (raw) when this node alone is ablated</h3><table>` +
       `<tr><td>full model minus this node</td><td>${fmt(det.ablated_alone)}</td><td>(full model ${fmt(b.full)})</td></tr>` +
       `<tr><td>circuit minus this node</td><td>${fmt(det.circuit_without)}</td><td>(circuit ${fmt(b.circuit)})</td></tr></table>` +
