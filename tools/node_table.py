@@ -4,12 +4,12 @@
 
 Prints where the nodes are (per layer and kind) and the most important nodes by the circuit's raw
 loss without each one, with their mean activation on each side of the task at the answer position
-and at the token where a pair's prompts differ, their mean over pretraining text and the full
-model's loss without them: the numbers the viewer shows when a node is clicked (and where the
-pair differs), on more prompts (`--pairs`). With `--attention LAYER`, also where each
-head of that layer looks from the answer position, in the full model and in the circuit: its share
-on the token where a pair's two prompts differ (the opening quote of the quote task) and on the
-sink. Reads the checkpoint named in circuit.json; not part of the sparse_gpt package.
+and at the token where a pair's prompts differ (the opening quote of the quote task), their mean
+over pretraining text and the full model's loss without them: the numbers the viewer shows when a
+node is clicked, on more prompts (`--pairs`). With `--attention LAYER`, also where each head of
+that layer looks from the answer position, in the full model and in the circuit: its share on the
+token where the pair differs and on the sink. Reads the checkpoint named in circuit.json; not part
+of the sparse_gpt package.
 """
 from __future__ import annotations
 
@@ -50,7 +50,8 @@ def main(argv=None) -> int:
     layout = NodeLayout(loaded.model.config)
     means = load_or_compute_means(loaded.model, layout, loaded.tokenizer, loaded.path, loaded.fingerprint,
                                   loaded.data)
-    details = node_details(loaded.model, loaded.tokenizer, circuit, get_task(circuit.task), means,
+    task = get_task(circuit.task)
+    details = node_details(loaded.model, loaded.tokenizer, circuit, task, means,
                            n_pairs=args.pairs, progress=False)
 
     counts = Counter((n.layer, n.kind) for n in circuit.nodes)
@@ -61,7 +62,6 @@ def main(argv=None) -> int:
     b = details.baseline
     print(f"\n{details.n_prompts} templated prompts; circuit raw loss {b['circuit']:.3f}, full model {b['full']:.3f}\n")
     s0, s1 = details.sides
-    task = get_task(circuit.task)
     print(f"| node | at the answer, {s0} | {s1} | at the token the pair differs in, {s0} | {s1} | "
           "pretraining mean | circuit without it | full model without it |")
     print("|---|---|---|---|---|---|---|---|")
