@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: set up, train configs/cpu-small.yaml on the Python standard library (~10 minutes on
+# The main job: set up, train configs/cpu-small.yaml on the Python standard library (~11 minutes on
 # 2 CPU cores), then extract and validate the model's quote-closing circuit.
 #   bash scripts/main.sh                      # everything, into runs/cpu-small
 #   bash scripts/main.sh --out runs/try --steps 100
