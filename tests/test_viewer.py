@@ -134,6 +134,7 @@ def test_viewer_in_headless_chromium(page, tmp_path):
     assert report.tooltip.startswith("1.attn.q[0]") and "input weights" in report.tooltip
     assert report.panel_title == "1.attn.q[0]"
     for section in ("Mean activation at the answer position", "Mean activation where the pair's prompts differ",
-                    "Task loss (raw) when this node alone is ablated", "Inputs (1)", "1.attn.act_in[2]", "Top-activating contexts"):
+                    "Task loss (raw) when this node alone is ablated", "Inputs (1)", "1.attn.act_in[2]",
+                    "Top-activating contexts"):
         assert section in report.panel_text
     assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000

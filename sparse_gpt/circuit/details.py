@@ -168,19 +168,15 @@ def attention_from_answer(model, tokenizer, circuit: Circuit, task: BinaryTask, 
 
     def probs(circuit_run: bool) -> torch.Tensor:
         """(N, H, T + 1) attention of the answer position; the last slot is the sink."""
-        got = {}
         with ExitStack() as stack:
             if circuit_run:
                 scales = record_norm_scales(model, batch.tokens) if circuit.settings.freeze_norms else None
                 stack.enter_context(gated(model, layout, keep, circuit.ablation_values(means.to(device)), scales,
                                           edges, edge_keep.float().to(device)))
-            # registered after the circuit's own hooks, so these see q and k as the circuit has them
-            for part in "qk":
-                handle = model.hook_point(f"{layer}.attn.{part}").register_forward_hook(
-                    lambda _m, _i, out, part=part: got.__setitem__(part, out))
-                stack.callback(handle.remove)
+            # entered after the circuit's gating, so it records q and k as the circuit has them
+            got = stack.enter_context(model.hooks(record=[f"{layer}.attn.q", f"{layer}.attn.k"]))
             model(batch.tokens)
-        scores = head_scores(got["q"], got["k"], attn.n_head)  # (N, H, T, T)
+        scores = head_scores(got[f"{layer}.attn.q"], got[f"{layer}.attn.k"], attn.n_head)  # (N, H, T, T)
         rows = torch.arange(len(batch), device=device)
         at = scores[rows, :, batch.positions]  # (N, H, T)
         sink = (attn.sink_logit.float() if attn.sink_logit is not None
