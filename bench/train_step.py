@@ -82,10 +82,11 @@ def shape_from_args(args) -> dict:
         shape = dict(n_layer=m.get("n_layer", 8), d_model=m.get("d_model", 256), block_size=m.get("block_size", 256),
                      batch_size=t.get("batch_size", 32), vocab_size=raw.get("data", {}).get("vocab_size", 2048),
                      matrix_density=s.get("matrix_density", 1 / 64), embed_density=s.get("embed_density", 1 / 16),
-                     attn_sink=m.get("attn_sink", True), d_head=m.get("d_head", 16))
+                     neuron_floor=s.get("neuron_floor", 4), attn_sink=m.get("attn_sink", True), d_head=m.get("d_head", 16))
     for key in ("n_layer", "d_model", "block_size", "batch_size", "vocab_size", "matrix_density", "embed_density"):
         if getattr(args, key, None) is not None:
             shape[key] = getattr(args, key)
+    shape.setdefault("neuron_floor", 4)
     shape.setdefault("attn_sink", True)
     shape.setdefault("d_head", 16)
     return shape
@@ -101,7 +102,8 @@ def build(variant: str, shape: dict, afrac: float, device: str, compile_model: b
                        bigram_table=recipe, afrac=afrac if recipe else None)
     dense = variant in ("plain", "nosink", "dense", "dense_sinkmask")
     scfg = SparsityConfig(matrix_density=1.0 if dense else shape["matrix_density"],
-                          embed_density=1.0 if dense else shape["embed_density"])
+                          embed_density=1.0 if dense else shape["embed_density"],
+                          neuron_floor=shape["neuron_floor"])
     tcfg = TrainConfig(steps=1000, batch_size=shape["batch_size"])
     torch.manual_seed(0)
     model = GPT(mcfg).to(device)

@@ -245,7 +245,8 @@ class GPT(nn.Module):
         if positions is not None:
             rows = torch.arange(B, device=idx.device)
             x, idx = x[rows, positions], idx[rows, positions]  # (B, C), (B,)
-        logits = self.lm_head(self.transformer.ln_f(x)) + self.final_logits_bias  # (B, [T,] vocab)
+        # The offset goes in as the matmul's bias: one fused op instead of a pass over (B, T, vocab).
+        logits = F.linear(self.transformer.ln_f(x), self.lm_head.weight, self.final_logits_bias)
         if self.bigram_table is not None:
             logits = logits + self.bigram_table[idx]
         return logits

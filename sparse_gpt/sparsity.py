@@ -193,7 +193,7 @@ class SparseAdam:
         # Decay only matrices; the bigram table is a dense lookup the paper leaves undecayed.
         bigram = getattr(model, "bigram_table", None)
         self.decayed = [p for p in self.params if p.dim() >= 2 and p is not bigram]
-        # On the GPU one fused kernel updates every parameter; CPU keeps the default (foreach) Adam,
+        # On the GPU one fused kernel updates every parameter; CPU keeps the default (for-loop) Adam,
         # whose results earlier CPU runs reproduce bit for bit.
         fused = bool(self.params) and all(p.is_cuda for p in self.params)
         self.adam = torch.optim.Adam(self.params, lr=train.lr, betas=(train.beta1, train.beta2),
