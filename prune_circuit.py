@@ -49,11 +49,13 @@ def parse_args(argv=None):
     p.add_argument("--freeze-norms", action="store_true",
                    help="freeze every RMSNorm's scale at the unpruned model's (larger, more faithful circuits)")
     p.add_argument("--natural-frac", type=float, default=d.natural_frac,
-                   help="share of each pruning batch taken from natural examples (string openings and the "
-                        "like mined from the training split's code; validation mines its own from held-out code)")
-    p.add_argument("--natural-judge", action="store_true",
+                   help="share of each pruning batch taken from natural examples, for tasks that mine them "
+                        "(string openings and the like from the training split's code; validation mines its "
+                        f"own from held-out code); default {d.natural_frac}, 0 trains on templates alone")
+    p.add_argument("--natural-judge", action=argparse.BooleanOptionalAction, default=d.natural_judge,
                    help="every node set the search keeps must also meet the target on natural examples "
-                        "(mined from training code), not only on templated prompts")
+                        "(mined from training code) and keep its accuracy on them within 5 points of the "
+                        "full model's, not only meet the target on templated prompts (default: on)")
     p.add_argument("--steps", type=whole_number(1), default=d.steps, help="mask optimisation steps per run")
     p.add_argument("--k-coef", type=float, default=d.k_coef, help="starting weight of the node-count penalty")
     p.add_argument("--lr", type=float, default=d.lr, help="mask learning rate")

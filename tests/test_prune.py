@@ -105,11 +105,27 @@ def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
                         torch.zeros(layout.n_nodes)])
     each = torch.stack([pruner.eval.losses_many(b, sets) for b in (pruner.heldout, pruner.calib,
                                                                    pruner.natural_heldout)])
+    # the natural examples also hold each set to an accuracy floor: the full model's natural accuracy
+    # less the validation's 5-point gap (less the search margin)
+    full = pruner.eval.metrics(pruner.natural_heldout, None)
+    assert pruner.natural_accuracy_floor == pytest.approx(full.accuracy - 0.05 * (1 - cfg.search_margin))
+    z, y = pruner.eval.logit_diffs_many(pruner.natural_heldout, sets)
+    accuracy = torch.stack([two_way_accuracy(zc, y) for zc in z])
+    assert accuracy[0] == full.accuracy and accuracy[2] < pruner.natural_accuracy_floor  # nothing kept
+    short = (pruner.natural_accuracy_floor - accuracy).clamp_min(0)
+    each[2] = torch.where(short > 0, torch.maximum(each[2], cfg.search_target + short), each[2])
     torch.testing.assert_close(pruner.judge(sets), each.amax(0))
-    # natural examples the full model gets wrong: no circuit can meet the target on them
-    wrong = ['" a b =| Y', "' c =| X"] * 8
-    with pytest.raises(TargetUnreachableError, match="natural planted_quote examples"):
-        Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=wrong)
+    assert pruner.judge(sets)[2] > cfg.search_target
+    # a set whose loss is far under the target still fails when its accuracy is short
+    assert float(pruner.judge(sets[:1])[0]) < cfg.search_target / 2
+    pruner.natural_accuracy_floor = full.accuracy + 0.01
+    assert float(pruner.judge(sets[:1])[0]) == pytest.approx(cfg.search_target + 0.01)
+    # natural examples the full model gets half wrong: their loss is out of reach, so only the
+    # accuracy floor (half, less the gap) holds there, and the full set meets it
+    wrong = ['" a b =| Y', "' c =| Y"] * 8
+    lenient = Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=wrong)
+    assert not lenient.natural_loss_judged and lenient.natural_accuracy_floor < 0.5
+    assert float(lenient.judge(sets[:1])[0]) < cfg.search_target
     # a task that mines no natural examples is judged on its templated prompts alone
     plain = Pruner(model, layout, means, PlantedQuoteTask(), tok, cfg, natural_texts=texts)
     assert plain.natural_heldout is None

@@ -17,7 +17,7 @@ import torch
 
 from ..nodes import EdgeSet, NodeLayout
 from ..prune.masks import gated, record_norm_scales
-from ..prune.objective import IDENTITY, Calibration, Evaluator, Score
+from ..prune.objective import IDENTITY, NATURAL_ACCURACY_GAP, Calibration, Evaluator, Score
 from ..tasks.base import (BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff,
                           two_way_accuracy, two_way_loss)
 from .artefact import Circuit
@@ -26,8 +26,6 @@ from .metrics import Metrics, RandomBaseline
 
 # Ablating a necessary circuit should push the task loss at least half way to chance (ln 2).
 NECESSITY_LOSS = math.log(2) / 2
-# A circuit's accuracy on natural examples should stay within this of the full model's.
-NATURAL_ACCURACY_GAP = 0.05
 
 
 def random_keep_like(keep: torch.Tensor, layout: NodeLayout, gen: torch.Generator) -> torch.Tensor:

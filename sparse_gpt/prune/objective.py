@@ -17,6 +17,10 @@ from ..tasks.base import (TaskBatch, length_chunks, oriented_logit_diff, scored_
                           two_way_loss)
 from .masks import gated, record_norm_scales
 
+# A circuit's accuracy on natural examples should stay within this of the full model's (a validation
+# check; the pruner's natural judge holds node sets to it too).
+NATURAL_ACCURACY_GAP = 0.05
+
 
 @dataclass(frozen=True)
 class Calibration:
@@ -136,21 +140,30 @@ class Evaluator:
         """(C,) raw task loss of C node sets (gate_sets: (C, N)) on `batch`, several node sets per
         forward: the batch is repeated once per set and each row gets its set's gates, so trying
         many removals costs a few large forwards instead of one small forward each."""
+        z, y = self.logit_diffs_many(batch, gate_sets, max_rows)
+        return F.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none").mean(1)
+
+    @torch.no_grad()
+    def logit_diffs_many(self, batch: TaskBatch, gate_sets: torch.Tensor, max_rows: int = 512
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(C, rows) oriented logit differences of C node sets on `batch` (as losses_many runs
+        them), and the (rows,) orientation labels."""
         C = len(gate_sets)
-        per_row = torch.zeros(C, len(batch), device=gate_sets.device)
+        z_all = torch.zeros(C, len(batch), device=gate_sets.device)
+        y_all = torch.zeros(len(batch), device=gate_sets.device)
         for rows, part in length_chunks(batch, max(1, max_rows // max(1, C))):
             n = len(part)
             step = max(1, max_rows // n)  # node sets per forward
+            rows = rows.to(z_all.device)
             for c0 in range(0, C, step):
                 sets = gate_sets[c0:c0 + step]
                 k = len(sets)
                 rep = part.select(torch.arange(n, device=part.tokens.device).repeat(k))
                 gates = sets.repeat_interleave(n, 0)[:, None, :]
-                logits = self._gated_logits(rep, gates)
-                z, y = oriented_logit_diff(logits, rep)
-                per_row[c0:c0 + k, rows.to(per_row.device)] = F.binary_cross_entropy_with_logits(
-                    z, y, reduction="none").view(k, n).to(per_row.dtype)
-        return per_row.mean(1)
+                z, y = oriented_logit_diff(self._gated_logits(rep, gates), rep)
+                z_all[c0:c0 + k, rows] = z.view(k, n).to(z_all.dtype)
+                y_all[rows] = y[:n].to(y_all.dtype)
+        return z_all, y_all
 
     def removal_estimates(self, batch: TaskBatch, keep: torch.Tensor) -> torch.Tensor:
         """(N,) first-order estimate of the raw loss change when each kept node is removed: minus
