@@ -67,6 +67,16 @@ def calibrate(z: torch.Tensor, y: torch.Tensor, steps: int = 16) -> Calibration:
     return Calibration(1.0, 0.0, base)
 
 
+def losses_per_set(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(C,) two_way_loss of each row of z (C, rows) against the labels y (rows,)."""
+    return F.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none").mean(1)
+
+
+def accuracies_per_set(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(C,) two_way_accuracy of each row of z (C, rows): ties count as wrong."""
+    return torch.where(y > 0, z > 0, z < 0).float().mean(1)
+
+
 def held_out_calibration(fit: tuple[torch.Tensor, torch.Tensor],
                          judge: tuple[torch.Tensor, torch.Tensor]) -> Calibration:
     """A calibration fitted on one batch's (z, y) and judged on another's: kept only if it does not
@@ -140,8 +150,7 @@ class Evaluator:
         """(C,) raw task loss of C node sets (gate_sets: (C, N)) on `batch`, several node sets per
         forward: the batch is repeated once per set and each row gets its set's gates, so trying
         many removals costs a few large forwards instead of one small forward each."""
-        z, y = self.logit_diffs_many(batch, gate_sets, max_rows)
-        return F.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none").mean(1)
+        return losses_per_set(*self.logit_diffs_many(batch, gate_sets, max_rows))
 
     @torch.no_grad()
     def logit_diffs_many(self, batch: TaskBatch, gate_sets: torch.Tensor, max_rows: int = 512

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..nodes import ABLATIONS, NodeLayout, ablation_values
 from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff, two_way_loss
 from .masks import HardConcreteMask, HeavisideMask
-from .objective import NATURAL_ACCURACY_GAP, Calibration, Evaluator, Score, gated_answer_logits, held_out_calibration
+from .objective import (NATURAL_ACCURACY_GAP, Calibration, Evaluator, Score, accuracies_per_set, gated_answer_logits,
+                        held_out_calibration, losses_per_set)
 
 
 class TargetUnreachableError(ValueError):
@@ -180,9 +180,8 @@ class Pruner:
             examples = task.natural_examples(natural_texts or [], n=n, seed=seed, tokenizer=tokenizer)
             return encode_examples(task, examples, tokenizer, block).to(device) if examples else None
 
-        # None for a task that mines no natural examples: its batches are all templated
+        # both None for a task that mines no natural examples: it trains and is judged on templates
         self.natural = mine(cfg.pool_pairs, cfg.seed) if cfg.natural_frac > 0 else None
-        # None for a task that mines no natural examples: it is judged on its templated prompts alone
         self.natural_heldout = mine(2 * cfg.eval_pairs, cfg.seed + 4) if cfg.natural_judge else None
         self.eval = Evaluator(model, layout, self.ablate_to, cfg.freeze_norms)
         # calibration is fitted here and judged on `heldout`; refinement judges on both
@@ -200,10 +199,9 @@ class Pruner:
             margin = (cfg.target_loss - self.full_loss) / (2 * cfg.target_loss)
             self.cfg = replace(self.cfg, search_margin=max(0.0, margin))
         # With natural_judge a node set must also keep its natural accuracy within the validation's
-        # gap of the full model's, less the search margin: loss alone let circuits through at 0.93
-        # accuracy where the full model has 0.98 (a long string dilutes their attention to the quote).
-        # A model that misses the search target on natural examples itself is held to that accuracy
-        # floor alone there.
+        # gap of the full model's, less the search margin: the loss alone let circuits through at
+        # 0.93 accuracy where the full model has 0.98 (they missed long strings). A model that
+        # misses the search target on natural examples itself is held to that floor alone there.
         self.natural_accuracy_floor, self.natural_loss_judged = -math.inf, False
         if self.natural_heldout is not None:
             natural = self.eval.metrics(self.natural_heldout, None)
@@ -352,19 +350,16 @@ class Pruner:
         """(C,) the raw loss of each node set (C, N) on the held-out pairs: the worse of the
         held-out and the calibration batches, so that a size chosen right at the target on one
         batch is not an accident of that batch, and with natural_judge of the held-out natural
-        examples too (whose accuracy must also stay above `natural_accuracy_floor`). `ev` (default: the node evaluator) may judge other gate vectors, e.g. edge
-        masks."""
+        examples too, whose accuracy must also reach `natural_accuracy_floor`. `ev` (default: the
+        node evaluator) may judge other gate vectors, e.g. edge masks."""
         ev, sets = ev or self.eval, gate_sets.to(self.device)
         losses = [ev.losses_many(b, sets) for b in (self.heldout, self.calib)]
         if self.natural_heldout is not None:
             z, y = ev.logit_diffs_many(self.natural_heldout, sets)
-            loss = F.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none").mean(1)
-            if not self.natural_loss_judged:
-                loss = torch.zeros_like(loss)
+            loss = losses_per_set(z, y) if self.natural_loss_judged else z.new_zeros(len(z))
             # a set short of the natural accuracy floor fails however low its loss: it counts as
             # the search target plus its shortfall
-            accuracy = torch.where(y > 0, z > 0, z < 0).float().mean(1)  # ties count as wrong
-            short = (self.natural_accuracy_floor - accuracy).clamp_min(0)
+            short = (self.natural_accuracy_floor - accuracies_per_set(z, y)).clamp_min(0)
             losses.append(torch.where(short > 0, torch.maximum(loss, self.cfg.search_target + short), loss))
         return torch.stack(losses).amax(0).cpu()
 
