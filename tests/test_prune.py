@@ -110,7 +110,7 @@ def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
     full = pruner.eval.metrics(pruner.natural_heldout, None)
     assert pruner.natural_accuracy_floor == pytest.approx(full.accuracy - 0.05 * (1 - cfg.search_margin))
     z, y = pruner.eval.logit_diffs_many(pruner.natural_heldout, sets)
-    accuracy = torch.stack([two_way_accuracy(zc, y) for zc in z])
+    accuracy = torch.stack([two_way_accuracy(zc, y) for zc in z])  # one node set at a time
     assert accuracy[0] == full.accuracy and accuracy[2] < pruner.natural_accuracy_floor  # nothing kept
     short = (pruner.natural_accuracy_floor - accuracy).clamp_min(0)
     each[2] = torch.where(short > 0, torch.maximum(each[2], cfg.search_target + short), each[2])

@@ -72,11 +72,6 @@ def losses_per_set(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(z, y.expand_as(z), reduction="none").mean(1)
 
 
-def accuracies_per_set(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """(C,) two_way_accuracy of each row of z (C, rows): ties count as wrong."""
-    return torch.where(y > 0, z > 0, z < 0).float().mean(1)
-
-
 def held_out_calibration(fit: tuple[torch.Tensor, torch.Tensor],
                          judge: tuple[torch.Tensor, torch.Tensor]) -> Calibration:
     """A calibration fitted on one batch's (z, y) and judged on another's: kept only if it does not

@@ -21,10 +21,11 @@ import torch
 from tqdm import tqdm
 
 from ..nodes import ABLATIONS, NodeLayout, ablation_values
-from ..tasks.base import BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff, two_way_loss
+from ..tasks.base import (BinaryTask, TaskBatch, encode_examples, encode_pairs, oriented_logit_diff, two_way_accuracy,
+                          two_way_loss)
 from .masks import HardConcreteMask, HeavisideMask
-from .objective import (NATURAL_ACCURACY_GAP, Calibration, Evaluator, Score, accuracies_per_set, gated_answer_logits,
-                        held_out_calibration, losses_per_set)
+from .objective import (NATURAL_ACCURACY_GAP, Calibration, Evaluator, Score, gated_answer_logits, held_out_calibration,
+                        losses_per_set)
 
 
 class TargetUnreachableError(ValueError):
@@ -359,7 +360,7 @@ class Pruner:
             loss = losses_per_set(z, y) if self.natural_loss_judged else z.new_zeros(len(z))
             # a set short of the natural accuracy floor fails however low its loss: it counts as
             # the search target plus its shortfall
-            short = (self.natural_accuracy_floor - accuracies_per_set(z, y)).clamp_min(0)
+            short = (self.natural_accuracy_floor - two_way_accuracy(z, y)).clamp_min(0)
             losses.append(torch.where(short > 0, torch.maximum(loss, self.cfg.search_target + short), loss))
         return torch.stack(losses).amax(0).cpu()
 

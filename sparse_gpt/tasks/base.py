@@ -445,9 +445,9 @@ def two_way_loss(z: torch.Tensor, y: torch.Tensor, scale=1.0, bias=0.0) -> torch
 
 def two_way_accuracy(z: torch.Tensor, y: torch.Tensor, scale=1.0, bias=0.0) -> torch.Tensor:
     """Share of prompts whose (calibrated) logit difference points to the correct answer; a tie
-    points to neither and counts as wrong."""
+    points to neither and counts as wrong. z (rows,) gives a scalar; z (C, rows), one share per row."""
     zc = z * scale + bias
-    return torch.where(y > 0, zc > 0, zc < 0).float().mean()
+    return torch.where(y > 0, zc > 0, zc < 0).float().mean(-1)
 
 
 def task_loss(logits: torch.Tensor, batch: TaskBatch) -> torch.Tensor:
