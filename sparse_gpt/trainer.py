@@ -35,7 +35,10 @@ from .trainer_metrics import MetricsLog, Throughput, read_metrics
 from .trainer_rundir import RunLock, clear_run, describe_run, preflight
 from .trainer_stop import StopOnSignal
 
-VAL_SEED = 1_000_003  # seeds the fixed validation batches, apart from every training step's seed
+# Seeds the fixed validation batches, apart from every training step's seed. Not train.seed: runs
+# that differ only in seed are scored on the same batches, so their losses compare (the leading 0
+# keeps the batches every run before this change was scored on at seed 0).
+VAL_SEED = (0, 1_000_003)
 
 
 class TrainingError(RuntimeError):
@@ -87,7 +90,7 @@ def evaluate(model: GPT, data: PreparedData, cfg: Config, device: str, autocast)
     """Mean validation loss over fixed batches (the same ones at every evaluation)."""
     T = cfg.model.block_size
     micro = cfg.train.batch_size // cfg.train.grad_accum
-    offsets = random_offsets(len(data.val), T, cfg.train.eval_batches * micro, (cfg.train.seed, VAL_SEED))
+    offsets = random_offsets(len(data.val), T, cfg.train.eval_batches * micro, VAL_SEED)
     model.eval()
     losses = []
     for chunk in np.array_split(offsets, cfg.train.eval_batches):

@@ -309,3 +309,23 @@ def test_which_config_is_used_is_said(tmp_path):
     proc = subprocess.run([sys.executable, "train.py", "--config", str(TINY), "--out", str(not_a_dir)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.stdout.startswith(f"config: {TINY}\n") and proc.returncode == 2
+
+
+def test_runs_that_differ_only_in_seed_are_validated_on_the_same_batches(tmp_path, capsys):
+    """Seed studies compare validation losses across runs, so the batches must not follow train.seed."""
+    import dataclasses
+    from contextlib import nullcontext
+    from sparse_gpt.config import config_from_dict, parse_config_yaml
+    from sparse_gpt.data import prepare_data
+    from sparse_gpt.trainer import evaluate
+
+    out = tmp_path / "run"
+    run_train(capsys, "--out", out, "--steps", 20, "--set", "train.seed=3")
+    cfg = config_from_dict(parse_config_yaml((out / "config.yaml").read_text(), "config.yaml"))
+    model, _ = load_model(out)
+    data = prepare_data(cfg.data, log=lambda *a, **k: None)
+    losses = [evaluate(model, data, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed)),
+                       "cpu", nullcontext()) for seed in (0, 1, 3)]
+    assert losses[0] == losses[1] == losses[2]
+    recorded = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()][-1]["val_loss"]
+    assert losses[2] == pytest.approx(recorded, abs=1e-6)  # what the run logged is that same number
