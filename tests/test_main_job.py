@@ -41,6 +41,16 @@ def test_main_job_shortened(tmp_path):
                            "--no-progress"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (circuit_dir / "circuit.html").exists() and "computing" not in proc.stderr
+    # the seed-study table reads the run behind the circuit through circuit.json
+    spread = [sys.executable, "tools/circuit_spread.py", str(circuit_dir / "circuit.json")]
+    proc = subprocess.run(spread, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = next(line for line in proc.stdout.splitlines() if "step_000010" in line).split(" | ")
+    assert row[1:4] == ["0", "10", "auto"] and row[5] == str(circuit["metrics"]["nodes"])
+    assert "of 1;" in proc.stdout and f"all 1: nodes median {circuit['metrics']['nodes']} " in proc.stdout
+    proc = subprocess.run(spread + [str(tmp_path / "missing.json")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip() == f"error: no circuit file at {tmp_path / 'missing.json'}"
 
 
 def test_prune_cli_errors(tmp_path, capsys):
