@@ -19,10 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from sparse_gpt.circuit.artefact import Circuit, CircuitError  # noqa: E402
-from sparse_gpt.config import ConfigError, config_from_dict, parse_config_yaml  # noqa: E402
+from sparse_gpt.circuit import CircuitError, load_circuit
+from sparse_gpt.config import ConfigError, config_from_dict, parse_config_yaml
 
 
 def run_facts(checkpoint: str | None) -> dict:
@@ -44,7 +42,7 @@ def run_facts(checkpoint: str | None) -> dict:
 
 
 def row(path: Path) -> dict:
-    circuit = Circuit.load(path)
+    circuit = load_circuit(path)
     m = circuit.metrics
     if m is None:
         raise CircuitError(f"{path} has no validation metrics (was it written by prune_circuit.py?)")
@@ -89,7 +87,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         rows = [row(path) for path in args.circuits]
-    except CircuitError as e:
+    except (CircuitError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(rows))
