@@ -1,4 +1,5 @@
 """Training end to end: loss goes down, resume after SIGKILL is exact, DDP matches one process."""
+import dataclasses
 import json
 import os
 import re
@@ -6,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -14,6 +16,9 @@ import torch
 from inprocess import run_main, script_main
 from sparse_gpt import load_model
 from sparse_gpt.checkpoint import latest_checkpoint, load_state_dict
+from sparse_gpt.config import config_from_dict, parse_config_yaml
+from sparse_gpt.data import prepare_data
+from sparse_gpt.trainer import evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "tiny.yaml"
@@ -313,12 +318,6 @@ def test_which_config_is_used_is_said(tmp_path):
 
 def test_runs_that_differ_only_in_seed_are_validated_on_the_same_batches(tmp_path, capsys):
     """Seed studies compare validation losses across runs, so the batches must not follow train.seed."""
-    import dataclasses
-    from contextlib import nullcontext
-    from sparse_gpt.config import config_from_dict, parse_config_yaml
-    from sparse_gpt.data import prepare_data
-    from sparse_gpt.trainer import evaluate
-
     out = tmp_path / "run"
     run_train(capsys, "--out", out, "--steps", 20, "--set", "train.seed=3")
     cfg = config_from_dict(parse_config_yaml((out / "config.yaml").read_text(), "config.yaml"))
