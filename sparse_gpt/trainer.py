@@ -218,6 +218,9 @@ def _setup(cfg: Config, out_dir: Path, resume: bool, device: str, dd: Dist) -> _
 
     use_bf16 = cfg.train.dtype == "bf16" or (cfg.train.dtype == "auto" and device == "cuda")
     autocast = torch.autocast(device, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    if use_bf16 and device == "cpu" and not _cpu_has_bf16():
+        _warn("warning: train.dtype=bf16 on a CPU without native bf16 instructions (AVX512-BF16 or AMX): "
+              "bf16 is emulated here and may well be slower than float32 (train.dtype=fp32)")
     if cfg.train.batch_size % (dd.world * cfg.train.grad_accum):
         raise ConfigError(f"train.batch_size ({cfg.train.batch_size}) must be divisible by "
                           f"processes x grad_accum ({dd.world} x {cfg.train.grad_accum})")
@@ -304,6 +307,15 @@ def _record(run: _Run, done: int, train_loss: float, info: dict, speed: Throughp
     if done % cfg.train.log_interval == 0 or "val_loss" in record:
         record["tokens_per_s"], record["mfu"] = speed.measure()
     return record
+
+
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (the probes are private torch API: assume yes if absent,
+    so a torch without them never warns wrongly)."""
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if any(p is None for p in probes):
+        return True
+    return any(p() for p in probes)
 
 
 def _warn(message: str) -> None:

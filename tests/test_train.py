@@ -182,6 +182,16 @@ def test_dense_baseline_run_completes_with_plots(tmp_path, capsys):
         "transformer.h.0.mlp.c_fc.weight"].numel()
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_without_native_bf16_is_warned_about(tmp_path, capsys, monkeypatch, native):
+    """Emulated bf16 is slower than float32: a user who asks for it on such a CPU is told, once."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    proc = run_train(capsys, "--out", tmp_path, "--steps", 2, "--set", "train.dtype=bf16",
+                     "--set", "train.eval_interval=2", "--set", "train.ckpt_interval=2")
+    assert proc.stderr.count("without native bf16") == (0 if native else 1)
+
+
 def test_train_leaves_the_callers_config_alone(tmp_path):
     import copy
 
