@@ -179,6 +179,9 @@ def main(argv=None) -> int:
         print(f"{name}: {m.nodes} nodes, {m.edges} edges{level}, raw circuit loss "
               f"{m.circuit_uncalibrated['templated'].loss:.3f} ({m.seconds:.0f} s) -> {out / name / 'circuit.json'}",
               file=sys.stderr)
+        if m.stages:
+            print(f"{name}: nodes by stage: " + " -> ".join(f"{s['stage']} {s['nodes']}" for s in m.stages),
+                  file=sys.stderr)
         if m.faithfulness:
             f = m.faithfulness
             print(f"{name}: faithfulness {f['circuit_faithfulness']:.3f} at the circuit's {f['circuit_nodes']} nodes; "

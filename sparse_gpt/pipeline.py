@@ -136,6 +136,7 @@ class CircuitPipeline:
                                    self.means, natural_texts=self.natural_texts, scores=best.scores)
         metrics.search = [r.summary() for r in runs]
         metrics.edge_stage = best.edge_stage
+        metrics.stages = best.stages
         metrics.total_nodes = self.layout.n_nodes
         if with_control:
             metrics.control = self.control(progress)

@@ -30,6 +30,10 @@ def test_main_job_shortened(tmp_path):
     circuit_dir = out / "circuits" / "single_double_quote"
     circuit = json.loads((circuit_dir / "circuit.json").read_text())
     assert circuit["schema"] == "sparse_gpt.circuit/1" and circuit["metrics"]["nodes"] > 0
+    # the artefact records how the circuit shrank, stage by stage, ending at its own size
+    stages = circuit["metrics"]["stages"]
+    assert stages[0]["stage"] == "trained" and [s["stage"] for s in stages][-2:] == ["greedy", "edges"]
+    assert stages[-1]["nodes"] == circuit["metrics"]["nodes"] and "nodes by stage: trained" in proc.stderr
     page = (circuit_dir / "circuit.html").read_text()
     assert page.count('<circle class="node"') == circuit["metrics"]["nodes"] and "Top-activating" in page
     assert (circuit_dir / "circuit.png").exists() and (circuit_dir / "circuit.svg").exists()

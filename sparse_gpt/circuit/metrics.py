@@ -58,6 +58,7 @@ class Metrics:
     variants: dict | None = None        # the circuit's size under other ablation rules, beside the default
     node_level_edges: int | None = None  # nonzero weights between the nodes (`edges`: those the circuit keeps)
     edge_stage: dict | None = None      # what the weight-level pruning did (sparse_gpt.prune.edges)
+    stages: list[dict] = field(default_factory=list)  # the circuit's size and raw loss after each stage of its run
 
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"target_loss": self.target_loss, "nodes": self.nodes, "edges": self.edges}
@@ -73,9 +74,9 @@ class Metrics:
             out["final_resid_rms_ratio"] = self.final_resid_rms_ratio
         out |= {"checks": self.checks, "passed": self.passed}
         for key in ("search", "total_nodes", "control", "seconds", "faithfulness", "variants", "node_level_edges",
-                    "edge_stage"):
+                    "edge_stage", "stages"):
             value = getattr(self, key)
-            if value is not None and not (key == "search" and not value):
+            if value is not None and not (key in ("search", "stages") and not value):
                 out[key] = asdict(value) if key == "control" else value
         return out
 
@@ -97,7 +98,8 @@ class Metrics:
                        total_nodes=d.get("total_nodes"),
                        control=Control(**d["control"]) if d.get("control") is not None else None,
                        seconds=d.get("seconds"), faithfulness=d.get("faithfulness"), variants=d.get("variants"),
-                       node_level_edges=d.get("node_level_edges"), edge_stage=d.get("edge_stage"))
+                       node_level_edges=d.get("node_level_edges"), edge_stage=d.get("edge_stage"),
+                       stages=d.get("stages", []))
         except KeyError as e:
             raise MetricsError(f"metrics without {e.args[0]!r}") from None
         except TypeError as e:
