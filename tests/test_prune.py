@@ -393,3 +393,24 @@ def test_refinement_keeps_at_least_one_node(planted):
     model, tok, task, layout, means, pruner, run = planted
     keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, run.keep, target=10.0)
     assert int(keep.sum()) == 1
+
+
+def test_greedy_removal_passes_over_nodes_only_the_judge_needs(planted):
+    """The judge sees more than the screen that ranks the candidates (natural examples and their
+    accuracy): nodes the screen ranks most harmless but the judge needs are kept, and the nodes
+    after them in the ranking are still tried, rather than the removal stopping at the first."""
+    from sparse_gpt.prune.refine import greedy_remove
+    model, tok, task, layout, means, pruner, run = planted
+    # four MLP neurons with no weights out of them: the screen ranks their removal first (it changes
+    # nothing), but this judge needs them; at a target of 0.4 some planted nodes can go instead
+    idle = {"1.mlp.post_act[10]", "1.mlp.post_act[11]", "1.mlp.post_act[12]", "1.mlp.post_act[13]"}
+    needed = layout.keep_mask(idle).to(pruner.device)
+
+    def judge(sets):
+        return torch.where(sets[:, needed].all(1).cpu(), pruner.judge(sets), torch.tensor(math.inf))
+
+    keep = layout.keep_mask(PLANTED_NODES | idle).to(pruner.device)
+    kept = greedy_remove(pruner.eval, pruner.screen, judge, keep, target=0.4)
+    names = {layout.node_name(i) for i in kept.nonzero().flatten().tolist()}
+    assert idle <= names and len(names) < len(PLANTED_NODES | idle)
+    assert float(judge(kept.float()[None])[0]) <= 0.4

@@ -5,7 +5,9 @@ the task does not need once the rest is fixed. Greedy removal drops nodes a batc
 judging every removal by the exact raw task loss (no calibration) on held-out pairs: each round
 ranks the kept nodes (first by a first-order estimate, then by every node's exact removal on a
 small batch, many node sets per forward, so a round costs a few large forwards rather than one
-per node) and bisects for the longest run of harmless nodes that can go together.
+per node) and bisects for the longest run of harmless nodes that can go together. Where the judge
+needs the first of them (it also holds natural examples, which the small batch does not), the
+next ones are judged singly and the rest tried, rather than the pass ending there.
 A retraining of masks restricted to the kept set then lets the penalty trade nodes against each
 other with the rest of the model fixed, and a second greedy pass cleans up after it.
 """
@@ -32,9 +34,27 @@ def _without(keep: torch.Tensor, drop: list[torch.Tensor]) -> torch.Tensor:
     return sets
 
 
+def _longest_removable_prefix(keep: torch.Tensor, harmless: torch.Tensor, judge, target: float) -> int:
+    """The largest j such that removing harmless[:j] together keeps `judge` at target (bisection,
+    taking the judge as monotone in j)."""
+    removed = {0: True}
+
+    def ok(j: int) -> bool:
+        if j not in removed:
+            removed[j] = bool(judge(_without(keep, [harmless[:j]]))[0] <= target)
+        return removed[j]
+    lo, hi = 0, len(harmless)
+    if hi and not ok(hi):
+        while hi - lo > 1:  # invariant: ok(lo), not ok(hi)
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        hi = lo
+    return hi
+
+
 def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, target: float,
                   deadline: float = math.inf, rounds: int = 4, estimated_rounds: int = 1,
-                  max_exact: int = 160) -> torch.Tensor:
+                  max_exact: int = 160, max_skips: int = 24) -> torch.Tensor:
     """The kept set after greedy removal: nodes go while the raw loss `judge(gate_sets)` (C,)
     stays <= target.
 
@@ -42,7 +62,11 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, t
     `estimated_rounds` by the first-order estimate (one backward), the others exactly (each
     removal of the `max_exact` nodes the estimate ranks first, in a few batched forwards). It
     then finds by bisection the longest prefix of the harmless ones (those whose single removal
-    keeps `screen` at target) that can go together, judged by `judge`, and removes it. Stops when a round removes nothing, after `rounds`, or at `deadline` (perf_counter)."""
+    keeps `screen` at target) that can go together, judged by `judge`, and removes it. The judge
+    sees more than the screen (other batches, natural examples and their accuracy), so the first
+    harmless node may be one it needs: then the next `max_skips` are judged one by one (in one
+    batched call) and those it lets go are tried together. Stops when a round removes nothing,
+    after `rounds`, or at `deadline` (perf_counter)."""
     keep = keep.clone()
     for r in range(rounds):
         if time.perf_counter() > deadline:
@@ -58,18 +82,12 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, t
             single = estimate
         order = single.argsort()
         harmless = kept[order[single[order] <= target]][:int(keep.sum()) - 1]  # a circuit keeps at least one node
-        removed = {0: True}
-
-        def ok(j: int) -> bool:
-            if j not in removed:
-                removed[j] = bool(judge(_without(keep, [harmless[:j]]))[0] <= target)
-            return removed[j]
-        lo, hi = 0, len(harmless)
-        if hi and not ok(hi):
-            while hi - lo > 1:  # invariant: ok(lo), not ok(hi)
-                mid = (lo + hi) // 2
-                lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-            hi = lo
+        hi = _longest_removable_prefix(keep, harmless, judge, target)
+        if hi == 0 and len(harmless) > 1 and max_skips:
+            # judge the next candidates one by one (one batched call) and keep those it lets go
+            rest = harmless[1:max_skips + 1]
+            harmless = rest[judge(_without(keep, [i[None] for i in rest])).to(rest.device) <= target]
+            hi = _longest_removable_prefix(keep, harmless, judge, target)
         if hi == 0 and r >= estimated_rounds:
             break
         keep[harmless[:hi]] = False
