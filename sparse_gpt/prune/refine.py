@@ -63,10 +63,11 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, t
     removal of the `max_exact` nodes the estimate ranks first, in a few batched forwards). It
     then finds by bisection the longest prefix of the harmless ones (those whose single removal
     keeps `screen` at target) that can go together, judged by `judge`, and removes it. The judge
-    sees more than the screen (other batches, natural examples and their accuracy), so the first
-    harmless node may be one it needs: then the next `max_skips` are judged one by one (in one
-    batched call) and those it lets go are tried together. Stops when a round removes nothing,
-    after `rounds`, or at `deadline` (perf_counter)."""
+    sees more than the screen (other batches, natural examples and their accuracy), so in an exact
+    round the first harmless node may be one it needs: then the next `max_skips` are judged one by
+    one (in one batched call) and those it lets go are tried together, where the pass used to
+    end; until then it is the same pass, so it keeps a subset of what that pass kept. Stops when a
+    round removes nothing, after `rounds`, or at `deadline` (perf_counter)."""
     keep = keep.clone()
     for r in range(rounds):
         if time.perf_counter() > deadline:
@@ -83,7 +84,7 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, t
         order = single.argsort()
         harmless = kept[order[single[order] <= target]][:int(keep.sum()) - 1]  # a circuit keeps at least one node
         hi = _longest_removable_prefix(keep, harmless, judge, target)
-        if hi == 0 and len(harmless) > 1 and max_skips:
+        if hi == 0 and r >= estimated_rounds and len(harmless) > 1 and max_skips:
             # judge the next candidates one by one (one batched call) and keep those it lets go
             rest = harmless[1:max_skips + 1]
             harmless = rest[judge(_without(keep, [i[None] for i in rest])).to(rest.device) <= target]
