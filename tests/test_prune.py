@@ -13,6 +13,7 @@ from sparse_gpt.nodes import NodeLayout, ablation_values, circuit_edges, compute
 from sparse_gpt.prune.masks import HardConcreteMask, HeavisideMask, gated, record_norm_scales
 from sparse_gpt.prune.objective import calibrate
 from sparse_gpt.prune.pruner import PruneConfig, Pruner, TargetUnreachableError
+from sparse_gpt.prune.refine import greedy_remove, refine
 from sparse_gpt.tasks.base import (Example, TaskBatch, encode_pairs, oriented_logit_diff, task_accuracy, task_loss,
                                    two_way_accuracy, two_way_loss)
 
@@ -342,7 +343,6 @@ def test_a_mask_that_misses_the_target_is_repaired_not_grown():
     target. The repair adds nodes back by the task's gradient, so the circuit stays within a few
     times the planted size (a bisection down the trained ranking grew it to 208 of 256 nodes), and
     refinement then takes it to exactly the planted nodes."""
-    from sparse_gpt.prune.refine import refine
     *_, layout, _, pruner, run = prune_planted(k_coef=0.01, steps=150)
     assert run.stages[0]["stage"] == "trained" and run.stages[0]["loss"] > 0.15
     assert run.stages[-2]["stage"] == "repaired" and run.stages[-2]["loss"] <= 0.15
@@ -355,7 +355,6 @@ def test_refinement_removes_nodes_the_task_does_not_need(planted):
     """The planted circuit plus 20 distractor nodes: greedy removal (judged on the raw held-out
     loss) takes the circuit back to the planted nodes."""
     from dataclasses import replace
-    from sparse_gpt.prune.refine import refine
     model, tok, task, layout, means, pruner, run = planted
     g = torch.Generator().manual_seed(3)
     extra = torch.randperm(layout.n_nodes, generator=g)
@@ -389,7 +388,6 @@ def test_faithfulness_curve_over_the_ranking(planted):
 def test_refinement_keeps_at_least_one_node(planted):
     """With a target even the empty circuit meets, greedy removal stops at one node, like the
     bisection (a circuit of nothing has no mechanism to show)."""
-    from sparse_gpt.prune.refine import greedy_remove
     model, tok, task, layout, means, pruner, run = planted
     keep = greedy_remove(pruner.eval, pruner.screen, pruner.judge, run.keep, target=10.0)
     assert int(keep.sum()) == 1
@@ -399,7 +397,6 @@ def test_greedy_removal_passes_over_nodes_only_the_judge_needs(planted):
     """The judge sees more than the screen that ranks the candidates (natural examples and their
     accuracy): nodes the screen ranks most harmless but the judge needs are kept, and the nodes
     after them in the ranking are still tried, rather than the removal stopping at the first."""
-    from sparse_gpt.prune.refine import greedy_remove
     model, tok, task, layout, means, pruner, run = planted
     # four MLP neurons with no weights out of them: the screen ranks their removal first (it changes
     # nothing), but this judge needs them; at a target of 0.4 some planted nodes can go instead
