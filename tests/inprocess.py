@@ -25,6 +25,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Callable, Sequence
 
 import numpy as np
@@ -41,15 +42,20 @@ class Result:
     stderr: str
 
 
-def script_main(script: str) -> Callable[[Sequence[str]], int]:
-    """`main` of a script in the repository root (train.py, prune_circuit.py), loaded once."""
+def script_module(script: str) -> ModuleType:
+    """A script in the repository root (train.py, prune_circuit.py) as a module, loaded once."""
     name = f"_script_{Path(script).stem}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, ROOT / script)
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return sys.modules[name].main
+    return sys.modules[name]
+
+
+def script_main(script: str) -> Callable[[Sequence[str]], int]:
+    """`main` of a script in the repository root."""
+    return script_module(script).main
 
 
 def module_main(module: str) -> Callable[[Sequence[str]], int]:

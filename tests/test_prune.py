@@ -1,10 +1,12 @@
 """The pruner on a hand-built model whose circuit is known, the artefact, and the validation."""
+import dataclasses
 import json
 import math
 
 import pytest
 import torch
 
+from inprocess import script_module
 from planted import (PLANTED_NODES, SETTINGS, PlantedQuoteTask, circuit_of, planted_model, planted_tokenizer,
                      prune_planted, pretraining_windows)
 from sparse_gpt.circuit import Circuit, CircuitError, Control, evaluate_circuit, load_circuit
@@ -314,6 +316,18 @@ def test_passed_requires_the_raw_loss_to_meet_the_target(planted):
     assert m.circuit["templated"].loss <= 0.02 < m.circuit_uncalibrated["templated"].loss
     assert not m.checks["sufficient"] and not m.passed
     assert Circuit.from_dict(circuit.to_dict()).calibration == circuit.calibration
+
+
+def test_summary_table_names_a_reported_check_that_failed(planted):
+    """"Passed" is sufficiency and necessity on the raw loss; a circuit can pass and still miss the
+    natural-accuracy bound, and the summary table must not show a plain "yes" beside that."""
+    model, tok, task, layout, means, pruner, run = planted
+    m = evaluate_circuit(model, circuit_of(model, layout, run), task, tok, means, n_pairs=32, n_random=2)
+    verdict = script_module("prune_circuit.py").verdict
+    assert m.passed and all(m.checks.values()) and verdict(m) == "yes"
+    missed = dataclasses.replace(m, checks={**m.checks, "natural_accuracy_raw": False})
+    assert verdict(missed) == "yes, except natural_accuracy_raw"
+    assert verdict(dataclasses.replace(m, passed=False)) == "NO"
 
 
 def test_pruner_calibration_is_judged_on_the_held_out_batch(planted):
