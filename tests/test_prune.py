@@ -306,11 +306,11 @@ def test_calibration_is_fitted_on_one_batch_and_kept_only_if_another_does_not_ge
 def test_passed_requires_the_raw_loss_to_meet_the_target(planted):
     """A circuit whose calibrated loss meets the target but whose raw loss does not has not passed:
     the calibration's scale would be doing the work."""
-    from dataclasses import replace
     from sparse_gpt.prune.objective import Calibration
     model, tok, task, layout, means, pruner, run = planted
     circuit = circuit_of(model, layout, run)
-    circuit.provenance = replace(circuit.provenance, pruner=replace(run.settings, target_loss=0.02))
+    settings = dataclasses.replace(run.settings, target_loss=0.02)
+    circuit.provenance = dataclasses.replace(circuit.provenance, pruner=settings)
     circuit.calibration = Calibration(scale=25.0, bias=0.0)
     m = evaluate_circuit(model, circuit, task, tok, means, n_pairs=32, n_random=2)
     assert m.circuit["templated"].loss <= 0.02 < m.circuit_uncalibrated["templated"].loss
@@ -368,14 +368,13 @@ def test_a_mask_that_misses_the_target_is_repaired_not_grown():
 def test_refinement_removes_nodes_the_task_does_not_need(planted):
     """The planted circuit plus 20 distractor nodes: greedy removal (judged on the raw held-out
     loss) takes the circuit back to the planted nodes."""
-    from dataclasses import replace
     model, tok, task, layout, means, pruner, run = planted
     g = torch.Generator().manual_seed(3)
     extra = torch.randperm(layout.n_nodes, generator=g)
     extra = extra[~run.keep[extra]][:20]
     padded = run.keep.clone()
     padded[extra] = True
-    start = replace(run, keep=padded, loss=pruner.eval.loss(pruner.heldout, padded.float()))
+    start = dataclasses.replace(run, keep=padded, loss=pruner.eval.loss(pruner.heldout, padded.float()))
     refined = refine(pruner, start)
     found = {layout.node_name(i) for i in refined.keep.nonzero().flatten().tolist()}
     assert found <= PLANTED_NODES | {layout.node_name(i) for i in extra.tolist()}
