@@ -424,3 +424,20 @@ def test_greedy_removal_passes_over_nodes_only_the_judge_needs(planted):
     names = {layout.node_name(i) for i in kept.nonzero().flatten().tolist()}
     assert idle <= names and len(names) < len(PLANTED_NODES | idle)
     assert float(judge(kept.float()[None])[0]) <= 0.4
+
+
+def test_greedy_removal_goes_on_until_a_round_removes_nothing(planted):
+    """An exact round removes at most `max_exact` nodes, so a large kept set (a repaired mask can
+    hold thousands) needs many rounds: started from the whole model, the pass goes on until only
+    the planted mechanism is left, where a fixed count of rounds stopped with most nodes kept."""
+    model, tok, task, layout, means, pruner, run = planted
+    target = pruner.cfg.search_target
+    everything = torch.ones(layout.n_nodes, dtype=torch.bool, device=pruner.device)
+    kept = greedy_remove(pruner.eval, pruner.screen, pruner.judge, everything, target, estimated_rounds=0,
+                         max_exact=8)
+    assert layout.n_nodes > 8 * 10
+    assert int(kept.sum()) <= len(PLANTED_NODES)
+    assert float(pruner.judge(kept.float()[None])[0]) <= target
+    capped = greedy_remove(pruner.eval, pruner.screen, pruner.judge, everything, target, estimated_rounds=0,
+                           max_exact=8, rounds=4)
+    assert int(capped.sum()) >= layout.n_nodes - 4 * 8

@@ -13,6 +13,7 @@ other with the rest of the model fixed, and a second greedy pass cleans up after
 """
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import replace
@@ -53,7 +54,7 @@ def _longest_removable_prefix(keep: torch.Tensor, harmless: torch.Tensor, judge,
 
 
 def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, target: float,
-                  deadline: float = math.inf, rounds: int = 4, estimated_rounds: int = 1,
+                  deadline: float = math.inf, rounds: int | None = None, estimated_rounds: int = 1,
                   max_exact: int = 160, max_skips: int = 24) -> torch.Tensor:
     """The kept set after greedy removal: nodes go while the raw loss `judge(gate_sets)` (C,)
     stays <= target.
@@ -67,9 +68,12 @@ def greedy_remove(ev: Evaluator, screen: TaskBatch, judge, keep: torch.Tensor, t
     round the first harmless node may be one it needs: then the next `max_skips` are judged one by
     one (in one batched call) and those it lets go are tried together, where the pass used to
     end; until then it is the same pass, so it keeps a subset of what that pass kept. Stops when a
-    round removes nothing, after `rounds`, or at `deadline` (perf_counter)."""
+    round removes nothing, after `rounds` (None: no limit), or at `deadline` (perf_counter). An
+    exact round removes at most `max_exact` nodes, so a large circuit (a mask that missed the target
+    and was repaired) needs many: with 4 rounds a first pass took one such circuit from 1,882 nodes
+    to 1,399, without a limit to 143."""
     keep = keep.clone()
-    for r in range(rounds):
+    for r in itertools.count() if rounds is None else range(rounds):
         if time.perf_counter() > deadline:
             break
         kept = keep.nonzero().flatten()
