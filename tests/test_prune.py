@@ -428,8 +428,8 @@ def test_greedy_removal_passes_over_nodes_only_the_judge_needs(planted):
 
 def test_greedy_removal_goes_on_until_a_round_removes_nothing(planted):
     """An exact round removes at most `max_exact` nodes, so a large kept set (a repaired mask can
-    hold thousands) needs many rounds: started from the whole model, the pass goes on until only
-    the planted mechanism is left, where a fixed count of rounds stopped with most nodes kept."""
+    hold thousands) needs many rounds: started from the whole model, the pass goes on until no more
+    nodes than the planted mechanism's are left, where a fixed count of rounds stopped with most kept."""
     model, tok, task, layout, means, pruner, run = planted
     target = pruner.cfg.search_target
     everything = torch.ones(layout.n_nodes, dtype=torch.bool, device=pruner.device)
