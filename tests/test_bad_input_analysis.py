@@ -277,6 +277,7 @@ PRUNE_CASES = [
     ("prune --lr inf", ["--lr", "inf"], "lr must be a positive number, got inf"),
     ("prune --budget negative", ["--budget", "-1"], "budget must be a non-negative number of minutes"),
     ("prune --search-margin 1", ["--search-margin", "1"], "search_margin must be in [0, 1), got 1.0"),
+    ("prune --natural-margin 0.05", ["--natural-margin", "0.05"], "natural_margin must be in [0, 0.05), got 0.05"),
     ("prune --steps not a number", ["--steps", "many"], "argument --steps: expected a whole number, got 'many'"),
 ]
 

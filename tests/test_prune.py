@@ -134,6 +134,25 @@ def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
     assert plain.natural_heldout is None
 
 
+def test_natural_margin_raises_the_accuracy_floor():
+    """--natural-margin keeps the search that far above the validation's bound (full model less 5
+    points): the floor moves up by the margin, and no node set is judged more leniently."""
+    model, tok = planted_model(), planted_tokenizer()
+    layout = NodeLayout(model.config)
+    means = compute_node_means(model, layout, pretraining_windows())
+    texts = ['" a b =', "' c =", '" f e =', "a ' b b b ="] * 8
+    default, strict = (Pruner(model, layout, means, PlantedWithNatural(), tok,
+                              PruneConfig(**(SETTINGS | {"natural_judge": True, "natural_margin": m})),
+                              natural_texts=texts) for m in (None, 0.02))
+    full = default.eval.metrics(default.natural_heldout, None).accuracy
+    assert default.natural_accuracy_floor == pytest.approx(full - 0.05 * (1 - default.cfg.search_margin))
+    assert strict.natural_accuracy_floor == pytest.approx(full - 0.03)
+    g = torch.Generator().manual_seed(1)
+    sets = (torch.rand(64, layout.n_nodes, generator=g) > torch.linspace(0, 1, 64)[:, None]).float()
+    assert (strict.judge(sets) >= default.judge(sets)).all()
+    assert (strict.judge(sets) > default.judge(sets)).any()
+
+
 def _batch(correct: list[int], alternative: list[int]) -> TaskBatch:
     n = len(correct)
     return TaskBatch(tokens=torch.zeros(n, 1, dtype=torch.long), lengths=torch.ones(n, dtype=torch.long),

@@ -72,6 +72,8 @@ class PruneConfig:
     natural_frac: float = 0.5       # share of each batch taken from natural examples (for tasks that mine them)
     natural_judge: bool = True      # a node set must also meet the search target on natural examples
                                     # and keep its accuracy there (for tasks that mine them)
+    natural_margin: float | None = None  # natural_judge: accuracy kept above the validation's bound
+                                    # (None: the search margin's share of the 5-point gap, 0.005 by default)
     pool_pairs: int = 512           # templated pairs the masks train on
     eval_pairs: int = 128           # fixed held-out pairs for the bisection and calibration
     search_runs: int = 3            # mask runs in the built-in search
@@ -91,6 +93,8 @@ class PruneConfig:
     def validate(self) -> "PruneConfig":
         if not 0 <= self.search_margin < 1:
             raise ValueError(f"search_margin must be in [0, 1), got {self.search_margin}")
+        if self.natural_margin is not None and not 0 <= self.natural_margin < NATURAL_ACCURACY_GAP:
+            raise ValueError(f"natural_margin must be in [0, {NATURAL_ACCURACY_GAP}), got {self.natural_margin}")
         if self.ablation not in ABLATIONS:
             raise ValueError(f"ablation must be one of {', '.join(ABLATIONS)}, got {self.ablation!r}")
         if self.mask not in ("heaviside", "hard_concrete"):
@@ -200,13 +204,16 @@ class Pruner:
             margin = (cfg.target_loss - self.full_loss) / (2 * cfg.target_loss)
             self.cfg = replace(self.cfg, search_margin=max(0.0, margin))
         # With natural_judge a node set must also keep its natural accuracy within the validation's
-        # gap of the full model's, less the search margin: the loss alone let circuits through at
+        # gap of the full model's, less a margin (natural_margin, by default the search margin's share
+        # of the gap): the loss alone let circuits through at
         # 0.93 accuracy where the full model has 0.98 (they missed long strings). A model that
         # misses the search target on natural examples itself is held to that floor alone there.
         self.natural_accuracy_floor, self.natural_loss_judged = -math.inf, False
         if self.natural_heldout is not None:
             natural = self.eval.metrics(self.natural_heldout, None)
-            self.natural_accuracy_floor = natural.accuracy - NATURAL_ACCURACY_GAP * (1 - self.cfg.search_margin)
+            gap = NATURAL_ACCURACY_GAP * (1 - self.cfg.search_margin) if self.cfg.natural_margin is None \
+                else NATURAL_ACCURACY_GAP - self.cfg.natural_margin
+            self.natural_accuracy_floor = natural.accuracy - gap
             self.natural_loss_judged = natural.loss <= self.cfg.search_target
 
     # -- one mask-training run --
