@@ -60,8 +60,7 @@ def parse_args(argv=None):
                    help="with --natural-judge: natural accuracy the search keeps above the validation's bound "
                         "(the full model's less 5 points); default: the search margin's share of those 5 points "
                         "(0.005). Validation's 512 natural examples measure accuracy to about +-0.01, so a circuit "
-                        "kept right at the bound misses it about half the time; 0.02 passed where 0.005 did not "
-                        "(docs/results.md)")
+                        "kept just above the bound can miss it; 0.02 passed where 0.005 did not (docs/results.md)")
     p.add_argument("--steps", type=whole_number(1), default=d.steps, help="mask optimisation steps per run")
     p.add_argument("--k-coef", type=float, default=d.k_coef, help="starting weight of the node-count penalty")
     p.add_argument("--lr", type=float, default=d.lr, help="mask learning rate")

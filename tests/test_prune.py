@@ -95,11 +95,19 @@ class PlantedWithNatural(PlantedQuoteTask):
         return out
 
 
-def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
+NATURAL_TEXTS = ['" a b =', "' c =", '" f e =', "a ' b b b ="] * 8
+
+
+def _planted_parts():
+    """The planted model, its tokenizer, node layout and node means."""
     model, tok = planted_model(), planted_tokenizer()
     layout = NodeLayout(model.config)
-    means = compute_node_means(model, layout, pretraining_windows())
-    texts = ['" a b =', "' c =", '" f e =', "a ' b b b ="] * 8
+    return model, tok, layout, compute_node_means(model, layout, pretraining_windows())
+
+
+def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
+    model, tok, layout, means = _planted_parts()
+    texts = NATURAL_TEXTS
     cfg = PruneConfig(**(SETTINGS | {"natural_judge": True}))
     pruner = Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=texts)
     assert len(pruner.natural_heldout) == len(texts)
@@ -137,13 +145,10 @@ def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
 def test_natural_margin_raises_the_accuracy_floor():
     """--natural-margin keeps the search that far above the validation's bound (full model less 5
     points): the floor moves up by the margin, and no node set is judged more leniently."""
-    model, tok = planted_model(), planted_tokenizer()
-    layout = NodeLayout(model.config)
-    means = compute_node_means(model, layout, pretraining_windows())
-    texts = ['" a b =', "' c =", '" f e =', "a ' b b b ="] * 8
+    model, tok, layout, means = _planted_parts()
     default, strict = (Pruner(model, layout, means, PlantedWithNatural(), tok,
                               PruneConfig(**(SETTINGS | {"natural_judge": True, "natural_margin": m})),
-                              natural_texts=texts) for m in (None, 0.02))
+                              natural_texts=NATURAL_TEXTS) for m in (None, 0.02))
     full = default.eval.metrics(default.natural_heldout, None).accuracy
     assert default.natural_accuracy_floor == pytest.approx(full - 0.05 * (1 - default.cfg.search_margin))
     assert strict.natural_accuracy_floor == pytest.approx(full - 0.03)
