@@ -98,19 +98,11 @@ class PlantedWithNatural(PlantedQuoteTask):
 NATURAL_TEXTS = ['" a b =', "' c =", '" f e =', "a ' b b b ="] * 8
 
 
-def _planted_parts():
-    """The planted model, its tokenizer, node layout and node means."""
-    model, tok = planted_model(), planted_tokenizer()
-    layout = NodeLayout(model.config)
-    return model, tok, layout, compute_node_means(model, layout, pretraining_windows())
-
-
-def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
-    model, tok, layout, means = _planted_parts()
-    texts = NATURAL_TEXTS
+def test_natural_judge_holds_node_sets_to_the_natural_examples_too(planted):
+    model, tok, _, layout, means, _, _ = planted
     cfg = PruneConfig(**(SETTINGS | {"natural_judge": True}))
-    pruner = Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=texts)
-    assert len(pruner.natural_heldout) == len(texts)
+    pruner = Pruner(model, layout, means, PlantedWithNatural(), tok, cfg, natural_texts=NATURAL_TEXTS)
+    assert len(pruner.natural_heldout) == len(NATURAL_TEXTS)
     g = torch.Generator().manual_seed(0)
     sets = torch.stack([torch.ones(layout.n_nodes), (torch.rand(layout.n_nodes, generator=g) > 0.3).float(),
                         torch.zeros(layout.n_nodes)])
@@ -138,14 +130,14 @@ def test_natural_judge_holds_node_sets_to_the_natural_examples_too():
     assert not lenient.natural_loss_judged and lenient.natural_accuracy_floor < 0.5
     assert float(lenient.judge(sets[:1])[0]) < cfg.search_target
     # a task that mines no natural examples is judged on its templated prompts alone
-    plain = Pruner(model, layout, means, PlantedQuoteTask(), tok, cfg, natural_texts=texts)
+    plain = Pruner(model, layout, means, PlantedQuoteTask(), tok, cfg, natural_texts=NATURAL_TEXTS)
     assert plain.natural_heldout is None
 
 
-def test_natural_margin_raises_the_accuracy_floor():
+def test_natural_margin_raises_the_accuracy_floor(planted):
     """--natural-margin keeps the search that far above the validation's bound (full model less 5
     points): the floor moves up by the margin, and no node set is judged more leniently."""
-    model, tok, layout, means = _planted_parts()
+    model, tok, _, layout, means, _, _ = planted
     default, strict = (Pruner(model, layout, means, PlantedWithNatural(), tok,
                               PruneConfig(**(SETTINGS | {"natural_judge": True, "natural_margin": m})),
                               natural_texts=NATURAL_TEXTS) for m in (None, 0.02))

@@ -211,6 +211,7 @@ class Pruner:
         self.natural_accuracy_floor, self.natural_loss_judged = -math.inf, False
         if self.natural_heldout is not None:
             natural = self.eval.metrics(self.natural_heldout, None)
+            # the default keeps its old expression, so its floor (and its circuits) stay the same to the bit
             gap = NATURAL_ACCURACY_GAP * (1 - self.cfg.search_margin) if self.cfg.natural_margin is None \
                 else NATURAL_ACCURACY_GAP - self.cfg.natural_margin
             self.natural_accuracy_floor = natural.accuracy - gap
